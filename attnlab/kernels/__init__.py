@@ -1,0 +1,16 @@
+"""Functional attention kernels, one per category, selected by name.
+
+    from attnlab import kernels
+    out = kernels.attention(q, k, v, score="additive", params=kernels.init_params("additive", rng, 64))
+"""
+
+from attnlab.kernels.attention import attend_one_head, attention
+from attnlab.kernels.normalizers import Normalizer, entmax15, get_normalizer, sigmoid, softmax, sparsemax
+from attnlab.kernels.scores import Score, get_score, init_params
+from attnlab.kernels.targets import Target, get_target
+
+__all__ = [
+    "attention", "attend_one_head", "init_params",
+    "Score", "Normalizer", "Target", "get_score", "get_normalizer", "get_target",
+    "softmax", "sparsemax", "entmax15", "sigmoid",
+]

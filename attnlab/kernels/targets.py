@@ -1,0 +1,79 @@
+"""Target-vector calculation: weights α [Lq, Lk] and values v [Lk, Dv] -> z [Lq, Dv], ONE head.
+
+| name      | z_i                                              | rng    | aux                          |
+|-----------|--------------------------------------------------|--------|------------------------------|
+| `soft`    | Σ_j α_ij v_j (the expectation)                   | no     | {}                           |
+| `hard`    | v_j*, j* ~ Categorical(α_i·) (Xu et al. 2015)    | yes    | {"index", "log_prob"} [Lq]   |
+| `hard_st` | Gumbel-softmax straight-through (Jang et al. 2017) | yes  | {"index"} [Lq]               |
+
+``hard`` is not differentiable through the sample: train it with REINFORCE, i.e. add
+``-stop_gradient(reward - baseline) * aux["log_prob"]`` to the loss (``log_prob`` = log α_ij*,
+differentiable w.r.t. the scores). ``hard_st`` is one-hot in the forward pass and has the gradient
+of the relaxation softmax((log α + g)/temperature) in the backward pass.
+With ``deterministic=True`` both take j* = argmax_j α_ij (evaluation) and need no rng.
+A row whose weights are all zero (nothing to attend to) gives z_i = 0 and log_prob 0.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from attnlab import registry
+
+Array = jax.Array
+
+
+class Target(NamedTuple):
+  fn: Callable[..., tuple[Array, dict]]  # (weights, value, *, rng, deterministic, **opts) -> (z, aux)
+  stochastic: bool = False  # needs an rng unless deterministic
+
+
+def soft(weights, value, *, rng=None, deterministic=False):
+  del rng, deterministic
+  return weights @ value, {}  # [Lq, Lk] @ [Lk, Dv]
+
+
+def _safe_log(w):
+  return jnp.log(jnp.where(w > 0, w, 1.0))
+
+
+def _pick(weights, value, index):
+  valid = jnp.any(weights > 0, axis=-1)  # [Lq]
+  return jnp.where(valid[:, None], value[index], 0.0), valid  # [Lq, Dv]
+
+
+def hard(weights, value, *, rng=None, deterministic=False):
+  logits = jnp.where(weights > 0, _safe_log(weights), -jnp.inf)  # [Lq, Lk]
+  if deterministic:
+    index = jnp.argmax(weights, axis=-1)
+  else:
+    index = jax.random.categorical(rng, jax.lax.stop_gradient(logits), axis=-1)  # [Lq]
+  z, valid = _pick(weights, value, index)
+  chosen = jnp.take_along_axis(weights, index[:, None], axis=-1)[:, 0]  # α_ij* [Lq]
+  log_prob = jnp.where(valid, _safe_log(chosen), 0.0)
+  return z, {"index": index, "log_prob": log_prob}
+
+
+def hard_st(weights, value, *, rng=None, deterministic=False, temperature=1.0):
+  logits = jnp.where(weights > 0, _safe_log(weights), -1e9)  # [Lq, Lk]
+  if not deterministic:
+    logits = logits + jax.random.gumbel(rng, logits.shape, logits.dtype)
+  relaxed = jax.nn.softmax(logits / temperature, axis=-1)  # [Lq, Lk]
+  index = jnp.argmax(logits, axis=-1)
+  one_hot = jax.nn.one_hot(index, weights.shape[-1], dtype=weights.dtype)
+  valid = jnp.any(weights > 0, axis=-1, keepdims=True)
+  st = (one_hot + relaxed - jax.lax.stop_gradient(relaxed)) * valid  # hard forward, soft backward
+  return st @ value, {"index": index}
+
+
+registry.register("target", "soft", Target(soft))
+registry.register("target", "hard", Target(hard, stochastic=True))
+registry.register("target", "hard_st", Target(hard_st, stochastic=True))
+
+
+def get_target(name: str) -> Target:
+  member = registry.get("target", name)
+  return member if isinstance(member, Target) else Target(member)
