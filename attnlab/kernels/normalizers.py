@@ -53,7 +53,7 @@ def _sorted_shifted(scores, mask, scale):
   return z, -jnp.sort(-z, axis=-1)
 
 
-def sparsemax(scores: Array, mask: Array) -> Array:
+def _sparsemax(scores, mask):
   z, zs = _sorted_shifted(scores, mask, 1.0)
   k = jnp.arange(1, z.shape[-1] + 1, dtype=z.dtype)
   cumsum = jnp.cumsum(zs, axis=-1)
@@ -64,7 +64,7 @@ def sparsemax(scores: Array, mask: Array) -> Array:
   return jnp.where(mask, p, 0.0) * jnp.any(mask, axis=-1, keepdims=True)
 
 
-def entmax15(scores: Array, mask: Array) -> Array:
+def _entmax15(scores, mask):
   z, zs = _sorted_shifted(scores, mask, 0.5)
   k = jnp.arange(1, z.shape[-1] + 1, dtype=z.dtype)
   mean = jnp.cumsum(zs, axis=-1) / k
@@ -75,6 +75,29 @@ def entmax15(scores: Array, mask: Array) -> Array:
   tau_star = jnp.take_along_axis(tau, k_star - 1, axis=-1)
   p = jnp.square(jnp.maximum(z - tau_star, 0.0))
   return jnp.where(mask, p, 0.0) * jnp.any(mask, axis=-1, keepdims=True)
+
+
+def _simplex_jvp(forward, slope):
+  """custom_jvp for a sparse map onto the simplex whose Jacobian is diag(g) − g gᵀ/Σg, g = slope(p)
+  (Martins & Astudillo 2016; Peters et al. 2019): exact, and no autodiff through the sort."""
+  f = jax.custom_jvp(forward)
+
+  @f.defjvp
+  def _jvp(primals, tangents):
+    scores, mask = primals
+    p = f(scores, mask)
+    g = slope(p)  # [Lq, Lk], 0 outside the support
+    gt = g * tangents[0]
+    total = jnp.sum(g, axis=-1, keepdims=True)
+    return p, gt - g * jnp.sum(gt, axis=-1, keepdims=True) / jnp.where(total > 0, total, 1.0)
+
+  return f
+
+
+sparsemax = _simplex_jvp(_sparsemax, lambda p: (p > 0).astype(p.dtype))
+sparsemax.__doc__ = "Sparsemax of scores [Lq, Lk] under mask [Lq, Lk]: exact zeros outside the support."
+entmax15 = _simplex_jvp(_entmax15, jnp.sqrt)
+entmax15.__doc__ = "1.5-entmax of scores [Lq, Lk] under mask [Lq, Lk]: exact zeros outside the support."
 
 
 def sigmoid(scores: Array, mask: Array, bias: float | Array | None = None) -> Array:

@@ -1,0 +1,144 @@
+"""The shared contract of every registered score × normalizer × target, and NumPy references."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from attnlab import kernels, registry
+from tests import reference
+
+SCORES = registry.names("score")
+NORMALIZERS = registry.names("normalizer")
+TARGETS = registry.names("target")
+B, LQ, LK, H, HKV, D, DV = 2, 3, 5, 4, 2, 6, 3
+
+
+def _inputs(seed=0, dtype=jnp.float32, scale=1.0):
+  kq, kk, kv = jax.random.split(jax.random.key(seed), 3)
+  q = scale * jax.random.normal(kq, (B, LQ, H, D), dtype)  # [B, Lq, H, D]
+  k = jax.random.normal(kk, (B, LK, HKV, D), dtype)  # [B, Lk, Hkv, D]
+  v = jax.random.normal(kv, (B, LK, HKV, DV), dtype)  # [B, Lk, Hkv, Dv]
+  return q, k, v
+
+
+def _params(score, dtype=jnp.float32):
+  p = kernels.init_params(score, jax.random.key(7), D)
+  return jax.tree.map(lambda x: x.astype(dtype), p)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("normalizer", NORMALIZERS)
+@pytest.mark.parametrize("score", SCORES)
+def test_contract(score, normalizer, target):
+  q, k, v = _inputs()
+  params = _params(score)
+  kw = dict(score=score, normalizer=normalizer, target=target, params=params,
+            rng=jax.random.key(3), causal=True, return_weights=True)
+  out, w = kernels.attention(q, k, v, **kw)
+  chex.assert_shape(out, (B, LQ, H, DV))
+  chex.assert_shape(w, (B, H, LQ, LK))
+  chex.assert_tree_all_finite((out, w))
+  with jax.disable_jit():
+    out_eager, w_eager = kernels.attention(q, k, v, **kw)
+  np.testing.assert_allclose(out, out_eager, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(w, w_eager, rtol=1e-5, atol=1e-5)
+
+  chex.clear_trace_counter()
+
+  @jax.jit
+  @chex.assert_max_traces(n=1)
+  def f(q, k, v):
+    return kernels.attention(q, k, v, **kw)
+
+  f(q, k, v)
+  f(q + 1.0, k, v)  # same shapes, new values: no retrace
+
+
+@pytest.mark.parametrize("normalizer", NORMALIZERS)
+@pytest.mark.parametrize("score", SCORES)
+def test_soft_matches_numpy_reference(score, normalizer):
+  q, k, v = _inputs(seed=1)
+  params = _params(score)
+  mask = np.array(jax.random.bernoulli(jax.random.key(5), 0.7, (B, H, LQ, LK)))
+  mask[0, 0, 1] = False  # one row with nothing to attend to
+  out, w = kernels.attention(q, k, v, score=score, normalizer=normalizer, params=params,
+                             mask=jnp.asarray(mask), return_weights=True)
+  np_params = jax.tree.map(np.asarray, params)
+  ref_out, ref_w = reference.attention(np.asarray(q), np.asarray(k), np.asarray(v), mask, score,
+                                       normalizer, np_params)
+  np.testing.assert_allclose(w, ref_w, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(out, ref_out, rtol=1e-4, atol=1e-5)
+  np.testing.assert_array_equal(np.asarray(out)[0, 1, 0], 0.0)
+  if normalizer == "softmax":
+    np.testing.assert_allclose(np.asarray(w).sum(-1)[mask.any(-1)], 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("score", [s for s in SCORES if kernels.get_score(s).init is not None])
+def test_per_head_params_give_each_head_its_own_score(score):
+  q, k, v = _inputs(seed=2)
+  per_head = kernels.init_params(score, jax.random.key(11), D, num_heads=H)
+  out = kernels.attention(q, k, v, score=score, params=per_head)
+  for h in range(H):
+    p_h = jax.tree.map(lambda x: np.asarray(x[h]), per_head)
+    ref, _ = reference.attention(np.asarray(q)[:, :, h:h + 1], np.asarray(k)[:, :, [h // 2]],
+                                 np.asarray(v)[:, :, [h // 2]], np.ones((B, 1, LQ, LK), bool),
+                                 score, "softmax", p_h)
+    np.testing.assert_allclose(out[:, :, h], ref[:, :, 0], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("kv_heads", [1, 2, 4])
+def test_scaled_dot_equals_jax_nn(kv_heads, causal):
+  kq, kk, kv, km = jax.random.split(jax.random.key(0), 4)
+  q = jax.random.normal(kq, (2, 7, 4, 8))
+  k = jax.random.normal(kk, (2, 7, kv_heads, 8))
+  v = jax.random.normal(kv, (2, 7, kv_heads, 8))
+  mask = jax.random.bernoulli(km, 0.8, (2, 1, 7, 7)).at[..., 0].set(True)
+  ours = kernels.attention(q, k, v, mask=mask, causal=causal)
+  theirs = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal)
+  np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("normalizer", NORMALIZERS)
+@pytest.mark.parametrize("score", SCORES)
+def test_gradients_match_finite_differences(score, normalizer):
+  with jax.enable_x64(True):
+    q, k, v = _inputs(seed=4, dtype=jnp.float64)
+    q, k, v = q[:1, :, :2], k[:1, :, :1], v[:1, :, :1]  # B=1, H=2, Hkv=1 keeps it quick
+    params = _params(score, jnp.float64)
+    mask = jnp.ones((1, 1, LQ, LK), bool).at[..., 0, -1].set(False)
+
+    def f(q, k, v, params):
+      return kernels.attention(q, k, v, score=score, normalizer=normalizer, params=params, mask=mask)
+
+    jax.test_util.check_grads(f, (q, k, v, params), order=1, modes=("rev",), atol=1e-5, rtol=1e-5,
+                                eps=1e-6)
+
+
+@pytest.mark.parametrize("normalizer", NORMALIZERS)
+@pytest.mark.parametrize("score", SCORES)
+def test_extreme_inputs_stay_finite(score, normalizer):
+  q, k, v = _inputs(seed=6, scale=1e4 / np.sqrt(D))  # logits of order ±1e4
+  params = _params(score)
+  mask = jnp.ones((B, H, LQ, LK), bool).at[0, :, 0].set(False)  # fully masked rows
+
+  def loss(q, k, v):
+    out, w = kernels.attention(q, k, v, score=score, normalizer=normalizer, params=params,
+                               mask=mask, return_weights=True)
+    return jnp.sum(out ** 2), (out, w)
+
+  grads, (out, w) = jax.grad(loss, argnums=(0, 1, 2), has_aux=True)(q, k, v)
+  chex.assert_tree_all_finite((out, w, grads))
+  np.testing.assert_array_equal(np.asarray(out)[0, 0], 0.0)
+  np.testing.assert_array_equal(np.asarray(w)[0, :, 0], 0.0)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_length_one_and_cross_shapes(target):
+  q = jax.random.normal(jax.random.key(0), (1, 1, 2, 4))  # one query
+  k = jax.random.normal(jax.random.key(1), (1, 1, 2, 4))  # one key
+  v = jax.random.normal(jax.random.key(2), (1, 1, 2, 9))  # v_dim != dim
+  out = kernels.attention(q, k, v, target=target, rng=jax.random.key(0))
+  np.testing.assert_allclose(out, v, rtol=1e-6)  # the only key gets all the weight
