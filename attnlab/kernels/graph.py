@@ -1,0 +1,253 @@
+"""Graph attention: scores on the edges of a graph, softmax over each node's incoming edges.
+
+Nodes attend over their in-neighbours. An edge list ``edges`` [2, E] holds (source, target) pairs,
+message j -> i; node i's output is Σ_{j→i} α_ij h_j with α_i· = softmax over i's incoming edges.
+Memory is O(E): scores live on edges, the softmax uses ``jax.ops.segment_max/segment_sum`` over
+targets. The dense path takes ``adjacency`` [N, N] bool with ``adjacency[i, j]`` = "edge j → i"
+(the attention-mask convention: row = query/target, column = key/source).
+
+Graph scores (registry kind ``"graph_score"``) are split like the sequence scores so that all
+per-node work is done once per node and only small features are gathered per edge:
+
+    fd = project_dst(params, h)            # [N, F] -> [N, A]   (target role)
+    fs = project_src(params, h)            # [N, F] -> [N, A]   (source role)
+    e  = edge(params, fd[dst], fs[src], negative_slope=0.2)   # [..., A], [..., A] -> [...]
+
+| name         | e_ij (i = target, j = source)                      | params per head           | A |
+|--------------|----------------------------------------------------|---------------------------|---|
+| `additive`   | LeakyReLU(a_dstᵀ h_i + a_srcᵀ h_j)  (GAT)          | {"a_dst": [F], "a_src": [F]} | 1 |
+| `gatv2`      | aᵀ LeakyReLU(h_i + h_j)  (GATv2, shared W)         | {"a": [F]}                | F |
+| `dot`        | h_iᵀ h_j                                           | None                      | F |
+| `scaled_dot` | h_iᵀ h_j / √F                                      | None                      | F |
+| `general`    | h_iᵀ W h_j                                         | {"W": [F, F]}             | F |
+| `uniform`    | 0 (softmax = mean over in-neighbours, GCN-style)   | None                      | 0 |
+
+(GAT's aᵀ[W h_i ‖ W h_j] is ``additive`` with a = [a_dst; a_src]; GATv2's aᵀ LeakyReLU(W[h_i ‖ h_j])
+is ``gatv2`` with the value projection shared for both roles, as ``share_weights=True`` in PyG.)
+Here h = W x are the layer's per-head projected node features, so the additive score gathers one
+scalar per edge and head. All kernels take h [N, H, F] (H heads) and params with a leading [H] axis
+(``init_graph_params(score, rng, F, num_heads=H)``) or shared by all heads.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from attnlab import registry
+from attnlab.kernels import normalizers as _normalizers
+from attnlab.kernels.dropout import dropout_weights
+
+Array = jax.Array
+
+
+class GraphScore(NamedTuple):
+  """A registered graph score; ``init`` is None for parameter-free scores."""
+  edge: Callable[..., Array]  # (params, fd [..., A], fs [..., A], *, negative_slope) -> [...]
+  project_dst: Callable[[Any, Array], Array]
+  project_src: Callable[[Any, Array], Array]
+  init: Callable[..., Any] | None = None
+
+
+def _same(params, h):
+  del params
+  return h
+
+
+def _leaky(x, negative_slope):
+  return jax.nn.leaky_relu(x, negative_slope)
+
+
+def _dot_edge(params, fd, fs, *, negative_slope):
+  del params, negative_slope
+  return jnp.sum(fd * fs, axis=-1)
+
+
+def _glorot(rng, shape, fan_in, fan_out):
+  limit = math.sqrt(6.0 / (fan_in + fan_out))
+  return jax.random.uniform(rng, shape, jnp.float32, -limit, limit)
+
+
+def _init_additive(rng, dim):
+  r_d, r_s = jax.random.split(rng)
+  return {"a_dst": _glorot(r_d, (dim,), dim, 1), "a_src": _glorot(r_s, (dim,), dim, 1)}
+
+
+registry.register("graph_score", "additive", GraphScore(
+    edge=lambda params, fd, fs, *, negative_slope: _leaky(fd[..., 0] + fs[..., 0], negative_slope),
+    project_dst=lambda params, h: (h @ params["a_dst"])[:, None],  # [N, 1]
+    project_src=lambda params, h: (h @ params["a_src"])[:, None],  # [N, 1]
+    init=_init_additive))
+registry.register("graph_score", "gatv2", GraphScore(
+    edge=lambda params, fd, fs, *, negative_slope: _leaky(fd + fs, negative_slope) @ params["a"],
+    project_dst=_same, project_src=_same,
+    init=lambda rng, dim: {"a": _glorot(rng, (dim,), dim, 1)}))
+registry.register("graph_score", "dot", GraphScore(
+    edge=_dot_edge, project_dst=_same, project_src=_same))
+registry.register("graph_score", "scaled_dot", GraphScore(
+    edge=_dot_edge, project_dst=lambda params, h: h * (1.0 / math.sqrt(h.shape[-1])),
+    project_src=_same))
+registry.register("graph_score", "general", GraphScore(
+    edge=_dot_edge, project_dst=lambda params, h: h @ params["W"],  # [N, F] @ [F, F]
+    project_src=_same,
+    init=lambda rng, dim: {"W": jax.random.normal(rng, (dim, dim), jnp.float32) / math.sqrt(dim)}))
+registry.register("graph_score", "uniform", GraphScore(
+    edge=lambda params, fd, fs, *, negative_slope: jnp.zeros(fd.shape[:-1], fd.dtype),
+    project_dst=lambda params, h: h[:, :0], project_src=lambda params, h: h[:, :0]))
+
+
+def get_graph_score(name: str) -> GraphScore:
+  member = registry.get("graph_score", name)
+  if not isinstance(member, GraphScore):
+    raise TypeError(f"graph_score {name!r} must be a GraphScore, got {type(member).__name__}")
+  return member
+
+
+def init_graph_params(score: str, rng: Array, dim: int, *, num_heads: int | None = None) -> Any:
+  """Parameters of graph score ``score`` for features of size ``dim`` (leading [num_heads] if given)."""
+  s = get_graph_score(score)
+  if s.init is None:
+    return None
+  if num_heads is None:
+    return s.init(rng, dim)
+  return jax.vmap(lambda r: s.init(r, dim))(jax.random.split(rng, num_heads))
+
+
+def _params_axis(name: str, s: GraphScore, params: Any, dim: int, heads: int) -> int | None:
+  """0 if ``params`` carry a leading [heads] axis, None if shared (or parameter-free)."""
+  if s.init is None:
+    if params is not None:
+      raise ValueError(f"graph attention: score {name!r} takes no params, got {type(params).__name__}")
+    return None
+  if params is None:
+    raise ValueError(f"graph attention: score {name!r} needs params; make them with "
+                     f"attnlab.kernels.init_graph_params({name!r}, rng, dim={dim}, num_heads={heads})")
+  expected = jax.tree.leaves(jax.eval_shape(lambda: s.init(jax.random.key(0), dim)))
+  leaves = jax.tree.leaves(params)
+  if len(leaves) == len(expected):
+    if all(x.shape == e.shape for x, e in zip(leaves, expected)):
+      return None
+    if all(x.shape == (heads,) + e.shape for x, e in zip(leaves, expected)):
+      return 0
+  raise ValueError(f"graph attention: params for score {name!r} must have shapes "
+                   f"{[e.shape for e in expected]} (shared) or with a leading [{heads}] heads axis, "
+                   f"got {[x.shape for x in leaves]}")
+
+
+def _node_features(name: str, params: Any, h: Array):
+  """(score, fd [N, H, A], fs [N, H, A], params axis) for node features h [N, H, F]."""
+  s = get_graph_score(name)
+  p_axis = _params_axis(name, s, params, h.shape[-1], h.shape[1])
+  f = lambda proj: jax.vmap(proj, in_axes=(p_axis, 1), out_axes=1)(params, h)
+  return s, f(s.project_dst), f(s.project_src), p_axis
+
+
+def segment_softmax(scores: Array, segment_ids: Array, num_segments: int, *,
+                    mask: Array | None = None, indices_are_sorted: bool = False) -> Array:
+  """Softmax of ``scores`` [E, ...] within each segment (all entries sharing a segment id).
+
+  ``mask`` [E] bool drops entries (weight 0). Segments with no (unmasked) entry get nothing.
+  """
+  if mask is not None:
+    scores = jnp.where(mask.reshape(mask.shape + (1,) * (scores.ndim - 1)), scores, -jnp.inf)
+  seg = dict(num_segments=num_segments, indices_are_sorted=indices_are_sorted)
+  m = jax.ops.segment_max(scores, segment_ids, **seg)  # [N, ...], -inf for empty segments
+  m = jax.lax.stop_gradient(jnp.where(jnp.isfinite(m), m, 0.0))
+  e = jnp.exp(scores - m[segment_ids])  # [E, ...], 0 where masked
+  total = jax.ops.segment_sum(e, segment_ids, **seg)  # [N, ...]
+  return e / jnp.where(total > 0, total, 1.0)[segment_ids]
+
+
+def edge_scores(h: Array, edges: Array, *, score: str = "additive", params: Any = None,
+                negative_slope: float = 0.2) -> Array:
+  """Unnormalised scores [E, H] of the edges [2, E] (source, target) for node features h [N, H, F]."""
+  s, fd, fs, p_axis = _node_features(score, params, h)  # fd, fs [N, H, A]
+  src, dst = edges[0], edges[1]
+  edge = lambda p, a, b: s.edge(p, a, b, negative_slope=negative_slope)
+  return jax.vmap(edge, in_axes=(p_axis, 1, 1), out_axes=1)(params, fd[dst], fs[src])  # [E, H]
+
+
+def graph_attention(h: Array, edges: Array, *, score: str = "additive", params: Any = None,
+                    edge_mask: Array | None = None, negative_slope: float = 0.2,
+                    dropout_rate: float = 0.0, rng: Array | None = None,
+                    indices_are_sorted: bool = False, return_weights: bool = False):
+  """Edge-list graph attention: out_i = Σ_{e=(j→i)} α_e h_j, α softmax over i's incoming edges.
+
+  Args:
+    h: [N, H, F] per-head node features (keys, queries and values alike).
+    edges: [2, E] int (source, target) pairs. Duplicate edges count as separate neighbours.
+    score: a registered graph score name. params: its parameters (per head or shared).
+    edge_mask: [E] bool, False drops an edge (e.g. self loops to be replaced).
+    dropout_rate: dropout on the attention coefficients (after the softmax), needs ``rng``.
+    indices_are_sorted: edges are sorted by target (faster segment ops).
+    return_weights: also return α [E, H].
+  Returns:
+    out [N, H, F] (zeros for nodes without incoming edges), and α [E, H] with return_weights.
+  """
+  n = h.shape[0]
+  alpha = segment_softmax(edge_scores(h, edges, score=score, params=params,
+                                      negative_slope=negative_slope),
+                          edges[1], n, mask=edge_mask, indices_are_sorted=indices_are_sorted)  # [E, H]
+  dropped = alpha if dropout_rate == 0 or rng is None else dropout_weights(alpha, rng, dropout_rate)
+  out = jax.ops.segment_sum(dropped[:, :, None] * h[edges[0]], edges[1], num_segments=n,
+                            indices_are_sorted=indices_are_sorted)  # [N, H, F]
+  return (out, alpha) if return_weights else out
+
+
+def dense_graph_attention(h: Array, adjacency: Array, *, score: str = "additive",
+                          params: Any = None, negative_slope: float = 0.2,
+                          dropout_rate: float = 0.0, rng: Array | None = None,
+                          return_weights: bool = False):
+  """Dense-adjacency graph attention (O(N²) memory, for small graphs); same maths as the edge list.
+
+  ``adjacency`` [N, N] bool, ``adjacency[i, j]`` = edge j → i. Returns out [N, H, F] and, with
+  ``return_weights``, α [H, N, N] (row i = target).
+  """
+  s, fd, fs, p_axis = _node_features(score, params, h)  # fd, fs [N, H, A]
+  edge = lambda p, a, b: s.edge(p, a[:, None, :], b[None, :, :], negative_slope=negative_slope)
+  scores = jax.vmap(edge, in_axes=(p_axis, 1, 1))(params, fd, fs)  # [H, N, N]
+  alpha = jax.vmap(_normalizers.softmax, in_axes=(0, None))(scores, adjacency)  # [H, N, N]
+  dropped = alpha if dropout_rate == 0 or rng is None else dropout_weights(alpha, rng, dropout_rate)
+  out = jnp.einsum("hij,jhf->ihf", dropped, h)  # [N, H, F]
+  return (out, alpha) if return_weights else out
+
+
+def with_self_loops(edges: Array, num_nodes: int) -> tuple[Array, Array]:
+  """Jit-friendly self loops: (edges [2, E + N], edge_mask [E + N]) with the existing self loops
+  masked out and one loop i → i appended per node (static shapes, unsorted)."""
+  edges = jnp.asarray(edges)
+  loops = jnp.arange(num_nodes, dtype=edges.dtype)
+  keep = edges[0] != edges[1]  # [E]
+  all_edges = jnp.concatenate([edges, jnp.stack([loops, loops])], axis=1)  # [2, E + N]
+  return all_edges, jnp.concatenate([keep, jnp.ones((num_nodes,), jnp.bool_)])
+
+
+def prepare_edges(edges, num_nodes: int, *, self_loops: bool = True) -> np.ndarray:
+  """Host-side preparation, once per graph (NumPy, not traceable): the fast path of the layer.
+
+  Drops duplicate edges and self loops, adds one self loop per node if ``self_loops``, and sorts
+  by (target, source) so the segment ops can use ``indices_are_sorted=True``. Returns int32 [2, E'].
+  """
+  e = np.asarray(edges)
+  if e.ndim != 2 or e.shape[0] != 2:
+    raise ValueError(f"prepare_edges: edges must have shape [2, E] (source, target), got {e.shape}")
+  if e.size and (e.min() < 0 or e.max() >= num_nodes):
+    raise ValueError(f"prepare_edges: node ids must lie in [0, {num_nodes}), got range "
+                     f"[{e.min()}, {e.max()}]")
+  e = e[:, e[0] != e[1]]
+  if self_loops:
+    loops = np.arange(num_nodes)
+    e = np.concatenate([e, np.stack([loops, loops])], axis=1)
+  e = np.unique(e.astype(np.int64), axis=1)  # sorted by (source, target): re-sort by target
+  order = np.lexsort((e[0], e[1]))
+  return e[:, order].astype(np.int32)
+
+
+def edges_to_adjacency(edges, num_nodes: int) -> Array:
+  """Dense bool adjacency [N, N] with ``adjacency[i, j]`` = edge j → i (duplicates collapse)."""
+  edges = jnp.asarray(edges)
+  return jnp.zeros((num_nodes, num_nodes), jnp.bool_).at[edges[1], edges[0]].set(True)

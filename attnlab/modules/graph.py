@@ -1,0 +1,152 @@
+"""Graph attention layer (GAT, Veličković et al. 2018; GATv2, Brody et al. 2022).
+
+    h = x W                                   # [N, H, F'], K = H copy-heads, each with its own W
+    e_ij = score(h_i, h_j)                    # on every edge j → i (GAT: LeakyReLU(aᵀ[h_i ‖ h_j]))
+    α_ij = softmax_j e_ij over i's incoming edges   (dropout on α when training)
+    out_i = merge_k Σ_j α^k_ij h^k_j + b      # merge = concat (H·F') or mean (F')
+
+All attention maths is in ``attnlab.kernels.graph`` (segment softmax: O(E) memory).
+
+Parameter layout (``nnx.state(layer, nnx.Param)``):
+
+* ``kernel``       [F_in, H, F']  the per-head projections W (Glorot uniform);
+* ``score_params`` the graph score's parameters with a leading [H] axis, e.g. additive (GAT):
+  ``{"a_dst": [H, F'], "a_src": [H, F']}`` (GAT's a = [a_dst; a_src]); gatv2: ``{"a": [H, F']}``;
+  general: ``{"W": [H, F', F']}``; None for dot / scaled_dot / uniform;
+* ``bias``         [H·F'] (concat) or [F'] (mean), added after merging heads (if use_bias).
+
+Graph input: an edge list ``edges`` [2, E] of (source, target) pairs, or a dense ``adjacency``
+[N, N] bool with ``adjacency[i, j]`` = edge j → i (small graphs). ``add_self_loops=True`` gives each
+node exactly one self loop. Fast path for a fixed graph: build ``kernels.prepare_edges(edges, N)``
+once (deduplicated, self loops added, sorted by target) and call with ``edges_prepared=True``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from flax.nnx import rnglib
+from flax.nnx.module import first_from
+from flax.nnx.nn import initializers
+from jax.experimental import sparse
+
+from attnlab import kernels
+from attnlab.modules import _checks
+
+Array = jax.Array
+HEAD_MERGES = ("concat", "mean")
+_NAME = "GraphAttention"
+
+
+class GraphAttention(nnx.Module):
+  """A GAT layer with K = ``num_heads`` copy-heads of ``out_features`` units each."""
+
+  def __init__(self, in_features: int, out_features: int, num_heads: int = 1, *,
+               score: str = "additive", head_merge: str = "concat", dropout_rate: float = 0.0,
+               negative_slope: float = 0.2, add_self_loops: bool = True, use_bias: bool = True,
+               deterministic: bool | None = None, kernel_init: Any = initializers.glorot_uniform(),
+               bias_init: Any = initializers.zeros_init(), param_dtype: Any = jnp.float32,
+               rngs: nnx.Rngs, keep_rngs: bool = True):
+    self.in_features = _checks.positive_int(_NAME, "in_features", in_features)
+    self.out_features = _checks.positive_int(_NAME, "out_features", out_features)
+    self.num_heads = _checks.positive_int(_NAME, "num_heads", num_heads)
+    self.score = _checks.registered(_NAME, "score", "graph_score", score)
+    self.head_merge = _checks.choice(_NAME, "head_merge", head_merge, HEAD_MERGES)
+    self.dropout_rate = _checks.rate(_NAME, "dropout_rate", dropout_rate)
+    self.negative_slope = float(negative_slope)
+    self.add_self_loops, self.deterministic = add_self_loops, deterministic
+    h, f = num_heads, out_features
+    # Glorot with fan_in = F_in, fan_out = H·F' (as one [F_in, H·F'] matrix, like GAT's W per head
+    # stacked): initialise flat, then view as [F_in, H, F'].
+    self.kernel = nnx.Param(kernel_init(rngs.params(), (in_features, h * f), param_dtype)
+                            .reshape(in_features, h, f))
+    params = kernels.init_graph_params(score, rngs.params(), f, num_heads=h)
+    self.score_params = nnx.data(None if params is None else jax.tree.map(nnx.Param, params))
+    bias_size = h * f if head_merge == "concat" else f
+    self.bias = (nnx.Param(bias_init(rngs.params(), (bias_size,), param_dtype)) if use_bias
+                 else nnx.data(None))
+    self.rngs = rngs.dropout.fork() if keep_rngs and self.dropout_rate > 0 else nnx.data(None)
+
+  def __call__(self, x: Array, edges: Array | None = None, *, adjacency: Array | None = None,
+               edges_prepared: bool = False, deterministic: bool | None = None, rngs: Any = None,
+               return_weights: bool = False, sow_weights: bool = False):
+    """Node features x [N, F_in] (dense, or a ``jax.experimental.sparse.BCOO``) -> [N, H·F']
+    (concat) or [N, F'] (mean).
+
+    Exactly one of ``edges`` [2, E] (source, target) or ``adjacency`` [N, N] must be given.
+    ``edges_prepared``: ``edges`` come from ``kernels.prepare_edges`` (self loops already as the
+    layer wants them, sorted by target); the layer then uses them as they are.
+    With ``return_weights`` also returns the attention weights: for an edge list a dict
+    ``{"edges": [2, E'], "alpha": [E', H]}`` (the edges actually used, self loops included), for
+    an adjacency α [H, N, N]. ``sow_weights`` sows the same into ``nnx.Intermediate``.
+    """
+    if (edges is None) == (adjacency is None):
+      raise ValueError(f"{_NAME}: pass exactly one of edges [2, E] or adjacency [N, N]")
+    if x.ndim != 2 or x.shape[-1] != self.in_features:
+      raise ValueError(f"{_NAME}: x must have shape [num_nodes, {self.in_features}], got {x.shape}")
+    n, heads, f = x.shape[0], self.num_heads, self.out_features
+    if isinstance(x, sparse.BCOO):  # sparse bag-of-words features (e.g. Cora): nnz-cost matmul
+      h = (x @ self.kernel[...].reshape(self.in_features, heads * f)).reshape(n, heads, f)
+    else:
+      h = jnp.einsum("nf,fhd->nhd", x, self.kernel[...])  # [N, H, F']
+    params = None if self.score_params is None else jax.tree.map(
+        lambda p: p[...], self.score_params, is_leaf=lambda v: isinstance(v, nnx.Variable))
+    rng = self._dropout_rng(deterministic, rngs)
+    common = dict(score=self.score, params=params, negative_slope=self.negative_slope,
+                  dropout_rate=self.dropout_rate if rng is not None else 0.0, rng=rng,
+                  return_weights=True)
+    if adjacency is not None:
+      adjacency = jnp.asarray(adjacency)
+      if adjacency.shape != (n, n):
+        raise ValueError(f"{_NAME}: adjacency must have shape [{n}, {n}], got {adjacency.shape}")
+      adjacency = adjacency.astype(jnp.bool_)
+      if self.add_self_loops:
+        adjacency = adjacency | jnp.eye(n, dtype=jnp.bool_)
+      out, alpha = kernels.dense_graph_attention(h, adjacency, **common)  # [N, H, F'], [H, N, N]
+      weights = alpha
+    else:
+      edges = jnp.asarray(edges)
+      if edges.ndim != 2 or edges.shape[0] != 2:
+        raise ValueError(f"{_NAME}: edges must have shape [2, E] (source, target), got {edges.shape}")
+      edge_mask = None
+      if self.add_self_loops and not edges_prepared:
+        edges, edge_mask = kernels.with_self_loops(edges, n)
+      out, alpha = kernels.graph_attention(h, edges, edge_mask=edge_mask,
+                                           indices_are_sorted=edges_prepared, **common)
+      weights = {"edges": edges, "alpha": alpha}
+    if self.head_merge == "concat":
+      out = out.reshape(n, self.num_heads * self.out_features)  # [N, H·F']
+    else:
+      out = jnp.mean(out, axis=1)  # [N, F']
+    if self.bias is not None:
+      out = out + self.bias[...]
+    if sow_weights:
+      self.sow(nnx.Intermediate, "attention_weights", weights)
+    return (out, weights) if return_weights else out
+
+  def _dropout_rng(self, deterministic, rngs):
+    if self.dropout_rate == 0:
+      return None
+    det = first_from(deterministic, self.deterministic, error_msg=(
+        f"{_NAME}: no `deterministic` argument given at construction or call (needed for "
+        f"dropout_rate={self.dropout_rate})"))
+    if det:
+      return None
+    stream = rngs.dropout if isinstance(rngs, nnx.Rngs) else (
+        rngs if isinstance(rngs, rnglib.RngStream) else self.rngs)
+    if stream is None:
+      raise ValueError(f"{_NAME}: pass rngs (with a 'dropout' stream) to __call__, or build the "
+                       "layer with keep_rngs=True")
+    return stream()
+
+
+def sparse_dropout(x: sparse.BCOO, rate: float, rng: Array) -> sparse.BCOO:
+  """Inverted dropout on the stored entries of a sparse feature matrix (GAT's input dropout at
+  nnz cost: the implicit zeros stay zero either way)."""
+  if rate == 0:
+    return x
+  keep = jax.random.bernoulli(rng, 1.0 - rate, x.data.shape)
+  return sparse.BCOO((jnp.where(keep, x.data / (1.0 - rate), 0.0), x.indices), shape=x.shape)
