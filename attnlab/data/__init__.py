@@ -1,0 +1,15 @@
+"""Tasks and data: synthetic tasks with known answers and small real datasets (see ``base``).
+
+Importing this package registers the built-in tasks under the registry kind ``task``:
+``assoc_recall``, ``copy``, ``reverse``, ``sort``, ``selective_copy``, ``listops`` (synthetic),
+``digits``, ``karate``, ``planetoid``, ``shakespeare`` (real; nothing is downloaded).
+"""
+
+from attnlab.data import digits, karate, listops, planetoid, shakespeare, synthetic  # noqa: F401 (register)
+from attnlab.data.base import BOS, FAMILIES, PAD, SPLITS, Task, register_task, rng_for
+from attnlab.data.graph import Graph
+from attnlab.data.planetoid import load_planetoid
+from attnlab.data.safe_pickle import UnsafePickleError
+
+__all__ = ["BOS", "FAMILIES", "PAD", "SPLITS", "Graph", "Task", "UnsafePickleError", "load_planetoid",
+           "register_task", "rng_for"]
