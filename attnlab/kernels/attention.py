@@ -6,6 +6,15 @@ Layout follows ``jax.nn.dot_product_attention``:
 
 with Hkv any divisor of H (grouped-query / multi-query attention: query head h reads key/value
 head h // (H // Hkv)).
+
+Two implementations of the one-head kernel, chosen by ``impl``:
+
+* ``"dense"``: scores [Lq, Lk] → weights → target (every normalizer and target; returns weights).
+* ``"blocked"``: ``blocked.attend_one_head_blocked``, online softmax/sigmoid over key blocks with a
+  recomputing custom_vjp: O(Lq + Lk) memory, never the [Lq, Lk] scores. Only for the ``soft``
+  target, the ``softmax`` and ``sigmoid`` normalizers (scalar bias), and without
+  ``return_weights`` (the weights are exactly the [Lq, Lk] matrix it avoids).
+* ``"auto"`` (default): blocked when it applies and Lq·Lk ≥ ``AUTO_BLOCKED_MIN_PAIRS``, else dense.
 """
 
 from __future__ import annotations
@@ -16,11 +25,18 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from attnlab.kernels import blocked as _blocked
 from attnlab.kernels import normalizers as _normalizers
 from attnlab.kernels import scores as _scores
 from attnlab.kernels import targets as _targets
 
 Array = jax.Array
+
+IMPLS = ("auto", "dense", "blocked")
+# auto: blocked from this many (query, key) pairs per head (dense is faster below, see benchmarks/).
+AUTO_BLOCKED_MIN_PAIRS = 256 * 256
+# Default (block_q, block_k) of the blocked path.
+DEFAULT_BLOCK = (256, 128)
 
 
 def attend_one_head(q, k, v, mask, *, score, normalizer, target, params=None, rng=None,
@@ -67,8 +83,12 @@ def _check_inputs(query, key, value):
     raise ValueError(f"attention: kv_heads ({key.shape[2]}) must divide heads ({h})")
 
 
-def _mask4(mask, causal, b, h, lq, lk):
-  """The combined mask as a [B or 1, H or 1, Lq, Lk] bool array (None if there is none)."""
+def _mask4(mask, causal, b, h, lq, lk, broadcast=True):
+  """The combined mask as a [B or 1, H or 1, Lq, Lk] bool array (None if there is none).
+
+  With ``broadcast=False`` (blocked path) size-1 query/key dims stay size 1 and ``causal`` is left
+  to the kernel (it masks by block index).
+  """
   if mask is not None:
     mask = jnp.asarray(mask)
     if mask.dtype != jnp.bool_:
@@ -82,8 +102,9 @@ def _mask4(mask, causal, b, h, lq, lk):
     except ValueError:
       raise ValueError(f"attention: mask must be broadcastable to [{b}, {h}, {lq}, {lk}], "
                        f"got shape {tuple(mask.shape)}") from None
-    mask = jnp.broadcast_to(mask, (mask.shape[0], mask.shape[1], lq, lk))
-  if causal:
+    if broadcast:
+      mask = jnp.broadcast_to(mask, (mask.shape[0], mask.shape[1], lq, lk))
+  if causal and broadcast:
     tri = jnp.tril(jnp.ones((lq, lk), jnp.bool_))[None, None]  # query i sees keys j <= i
     mask = tri if mask is None else mask & tri
   return mask
@@ -137,14 +158,45 @@ def _batched(kernel, q, k, v, mask, params, rngs, per_head):
   return jax.vmap(per_example, in_axes=(0, 0, 0, m_b, r))(q, k, v, squeeze(mask, m_b), rngs)
 
 
+def _blocked_kind(norm, tgt, normalizer, target, return_weights, normalizer_kwargs):
+  """("softmax" | "sigmoid", None) when the blocked path applies, else (None, why not)."""
+  kind = {_normalizers.softmax: "softmax", _normalizers.sigmoid: "sigmoid"}.get(norm.fn)
+  if kind is None or not norm.online:
+    return None, (f"normalizer {normalizer!r} has no online (blocked) form; blocked supports "
+                  "'softmax' and 'sigmoid'")
+  if tgt.fn is not _targets.soft:
+    return None, f"target {target!r} needs the weights; blocked supports only target='soft'"
+  if return_weights:
+    return None, "return_weights=True needs the [Lq, Lk] weights, which blocked never forms"
+  extra = set(normalizer_kwargs or {}) - {"bias"}
+  if extra:
+    return None, f"normalizer options {sorted(extra)} are not supported by blocked"
+  bias = (normalizer_kwargs or {}).get("bias")
+  if bias is not None and jnp.size(bias) != 1:
+    return None, "a non-scalar sigmoid bias is not supported by blocked"
+  return kind, None
+
+
+def _check_block_size(block_size):
+  if block_size is None:
+    return DEFAULT_BLOCK
+  bs = (block_size, block_size) if isinstance(block_size, int) else tuple(block_size)
+  if len(bs) != 2 or not all(isinstance(x, int) and x > 0 for x in bs):
+    raise ValueError(f"attention: block_size must be a positive int or (block_q, block_k), "
+                     f"got {block_size!r}")
+  return bs
+
+
 @functools.partial(jax.jit, static_argnames=(
-    "score", "normalizer", "target", "causal", "return_weights", "return_aux", "deterministic"))
+    "score", "normalizer", "target", "causal", "return_weights", "return_aux", "deterministic",
+    "impl", "block_size"))
 def attention(query: Array, key: Array, value: Array, *, score: str = "scaled_dot",
               normalizer: str = "softmax", target: str = "soft", mask: Array | None = None,
               causal: bool = False, params: Any = None, rng: Array | None = None,
               return_weights: bool = False, deterministic: bool = False,
               normalizer_kwargs: dict | None = None, target_kwargs: dict | None = None,
-              return_aux: bool = False):
+              return_aux: bool = False, impl: str = "auto",
+              block_size: int | tuple[int, int] | None = None):
   """Attention of one category, chosen by name, in ``jax.nn.dot_product_attention``'s layout.
 
   Args:
@@ -164,6 +216,10 @@ def attention(query: Array, key: Array, value: Array, *, score: str = "scaled_do
     normalizer_kwargs: options of the normalizer, e.g. ``{"bias": b}`` for sigmoid.
     target_kwargs: options of the target, e.g. ``{"temperature": t}`` for hard_st.
     return_aux: also return the target's aux dict of [B, H, Lq] arrays (hard: index, log_prob).
+    impl: "auto" (default), "dense" or "blocked" (see the module docstring). "blocked" raises a
+      ValueError where it does not apply (sparsemax/entmax15, hard/hard_st, return_weights);
+      "auto" then uses dense.
+    block_size: (block_q, block_k) or one int for the blocked path; default ``DEFAULT_BLOCK``.
 
   Returns:
     output [B, Lq, H, Dv]; ``(output, weights)`` with return_weights; ``(output, [weights,] aux)``
@@ -179,11 +235,20 @@ def attention(query: Array, key: Array, value: Array, *, score: str = "scaled_do
   if tgt.stochastic and not deterministic and rng is None:
     raise ValueError(f"attention: target {target!r} samples and needs rng=jax.random.key(...) "
                      "(or deterministic=True for the argmax)")
+  if impl not in IMPLS:
+    raise ValueError(f"attention: impl must be one of {IMPLS}, got {impl!r}")
+  block_q, block_k = _check_block_size(block_size)
+  kind, why_not = _blocked_kind(norm, tgt, normalizer, target, return_weights, normalizer_kwargs)
+  if impl == "blocked" and kind is None:
+    raise ValueError(f"attention: impl='blocked' does not apply: {why_not}. Use impl='dense' or "
+                     f"impl='auto' (valid impl values: {IMPLS})")
+  use_blocked = kind is not None and (impl == "blocked" or (
+      impl == "auto" and lq * lk >= AUTO_BLOCKED_MIN_PAIRS))
   per_head = _params_per_head(score_fn, score, params, d, h)
-  mask4 = _mask4(mask, causal, b, h, lq, lk)
+  mask4 = _mask4(mask, causal, b, h, lq, lk, broadcast=not use_blocked)
   if mask4 is not None:
     mb, mh = mask4.shape[:2]
-    mask4 = mask4.reshape(mb, hkv if mh > 1 else 1, g if mh > 1 else 1, lq, lk)
+    mask4 = mask4.reshape((mb, hkv if mh > 1 else 1, g if mh > 1 else 1) + mask4.shape[2:])
   if per_head:
     params = jax.tree.map(lambda x: x.reshape((hkv, g) + x.shape[1:]), params)
   rngs = None
@@ -191,6 +256,13 @@ def attention(query: Array, key: Array, value: Array, *, score: str = "scaled_do
     rngs = jax.random.split(rng, b * h).reshape((b, hkv, g) + jnp.shape(rng))
 
   def kernel(q1, k1, v1, m1, p1, r1):
+    if use_blocked:
+      bias = (normalizer_kwargs or {}).get("bias")
+      z = _blocked.attend_one_head_blocked(
+          q1, k1, v1, m1, score=score_fn, kind=kind, params=p1,
+          bias=None if bias is None else jnp.reshape(bias, ()), causal=causal,
+          block_q=block_q, block_k=block_k)
+      return z, None, {}
     if m1 is None:
       m1 = jnp.ones((q1.shape[0], k1.shape[0]), jnp.bool_)
     return attend_one_head(q1, k1, v1, m1, score=score_fn, normalizer=norm, target=tgt, params=p1,

@@ -1,0 +1,261 @@
+"""Blocked (online-softmax, FlashAttention-style) attention for ONE head, for any registered score.
+
+The score is applied generically through the stages of ``scores.Score``: the projections
+``fq = project_q(params, q)`` [Lq, F] and ``fk = project_k(params, k)`` [Lk, F] are computed once,
+outside the loops (ordinary autodiff goes through them); then ``pairwise(params, fq_i, fk_j)`` is
+applied to blocks of (query, key) pairs, so a score registered from outside attnlab gets the
+memory-efficient path without writing a kernel. Neither the [Lq, Lk] scores nor an additive
+score's [Lq, Lk, A] tensor is ever formed; the live set is O(block_q · block_k · A).
+
+Forward (query blocks i outer, key blocks j inner), with scores in log2 units s' = s · log2 e:
+
+    softmax: m_i ← max(m_i, max_j s'_ij);  c = 2^(m_old − m_i);  p = 2^(s' − m_i)
+             l_i ← c·l_i + Σ_j p_ij;  acc_i ← c·acc_i + p v_j;       out_i = acc_i / l_i
+    sigmoid: a = σ(s + b) = 1 / (1 + 2^(−(s + b)·log2 e));            out_i = Σ_j a_ij v_j
+
+Backward (``jax.custom_vjp``, key blocks j outer, query blocks i inner) recomputes each block from
+the saved output and the per-row log2-sum-exp (softmax), never the weights:
+
+    p = 2^(s' − lse'_i);  dV_j += pᵀ dO_i;  dP = dO_i v_jᵀ;  dS = p ⊙ (dP − rowsum(dO ⊙ O)_i)
+    sigmoid: dS = dP ⊙ a(1 − a);  then (dparams, dfq_i, dfk_j) = vjp(pairwise)(dS)
+
+Masks: causal is applied from block indices (blocks wholly above the diagonal are skipped in both
+passes, the loop bounds depend on the block index); a user mask [Lq|1, Lk|1] is sliced per block
+(size-1 dims stay size 1, nothing is broadcast to [Lq, Lk]); ragged tails are padded and masked by
+index. ``exp2`` and ``tanh`` are the vectorisable approximations of ``fastmath`` (≤ 2.5e-7
+relative / 3.5e-7 absolute); outputs match the dense path to ~1e-6 relative in fp32 (tests).
+Fully masked rows give zero output, as in the dense path.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from attnlab.kernels import fastmath
+
+Array = jax.Array
+
+LOG2E = math.log2(math.e)
+_NEG = -1e30  # initial running max (log2 units): finite, so 2^(m_old − m_new) is never NaN
+KINDS = ("softmax", "sigmoid")
+
+
+def _cdiv(a: int, b: int) -> int:
+  return -(-a // b)
+
+
+def _pad_to(x: Array, axis: int, size: int, value=0) -> Array:
+  if x.shape[axis] == size:
+    return x
+  pad = [(0, 0)] * x.ndim
+  pad[axis] = (0, size - x.shape[axis])
+  return jnp.pad(x, pad, constant_values=value)
+
+
+class _Plan:
+  """Static block geometry of one call."""
+
+  def __init__(self, lq, lk, block_q, block_k, causal):
+    self.lq, self.lk, self.causal = lq, lk, causal
+    self.bq, self.bk = min(block_q, lq), min(block_k, lk)
+    self.nq, self.nk = _cdiv(lq, self.bq), _cdiv(lk, self.bk)
+    self.ragged_k = self.nk * self.bk != lk
+
+  def k_hi(self, i):
+    """One past the last key block that query block i sees."""
+    if not self.causal:
+      return self.nk
+    return jnp.minimum(self.nk, ((i + 1) * self.bq - 1) // self.bk + 1)
+
+  def q_lo(self, j):
+    """The first query block that sees key block j."""
+    if not self.causal:
+      return 0
+    return jnp.minimum(self.nq, (j * self.bk) // self.bq)
+
+  def block_mask(self, mask, i, j):
+    """bool [Bq|1, Bk|1] for block (i, j), or None when nothing is masked."""
+    m = None
+    if self.ragged_k or self.causal:
+      kidx = j * self.bk + jnp.arange(self.bk)[None, :]  # [1, Bk]
+      if self.ragged_k:
+        m = kidx < self.lk
+      if self.causal:
+        qidx = i * self.bq + jnp.arange(self.bq)[:, None]  # [Bq, 1]
+        c = qidx >= kidx
+        m = c if m is None else m & c
+    if mask is not None:
+      rows = self.bq if mask.shape[0] > 1 else 1
+      cols = self.bk if mask.shape[1] > 1 else 1
+      mb = jax.lax.dynamic_slice(mask, (i * self.bq if rows > 1 else 0, j * self.bk if cols > 1 else 0),
+                                 (rows, cols))
+      m = mb if m is None else m & mb
+    return m
+
+
+def _scores(pairwise, params, fq_i, fk_j):
+  return pairwise(params, fq_i, fk_j).astype(jnp.float32)  # [Bq, Bk]
+
+
+def _weights(kind, s, bias, m, lse):
+  """softmax: 2^(s' − lse'); sigmoid: σ(s + b); exactly 0 where masked (m False)."""
+  if kind == "softmax":
+    x = s * LOG2E - lse[:, None]
+    if m is not None:
+      x = jnp.where(m, x, -jnp.inf)
+    return fastmath.exp2(x)
+  a = 1.0 / (1.0 + fastmath.exp2((s + bias) * (-LOG2E)))
+  return a if m is None else jnp.where(m, a, 0.0)
+
+
+def _forward(pairwise, kind, plan, params, fq, fk, v, mask, bias):
+  """out [nq·Bq, Dv] (f32) and lse' [nq·Bq] (log2 units; softmax only)."""
+  f, dv = fq.shape[-1], v.shape[-1]
+  fqb = fq.reshape(plan.nq, plan.bq, f)  # [nq, Bq, F]
+  fkb = fk.reshape(plan.nk, plan.bk, f)  # [nk, Bk, F]
+  vb = v.reshape(plan.nk, plan.bk, dv)  # [nk, Bk, Dv]
+
+  def q_block(i):
+    fq_i = fqb[i]  # [Bq, F]
+
+    def kv_step(j, carry):
+      m_run, l_run, acc = carry  # [Bq], [Bq], [Bq, Dv]
+      s = _scores(pairwise, params, fq_i, fkb[j])  # [Bq, Bk]
+      m = plan.block_mask(mask, i, j)
+      if kind == "softmax":
+        s2 = s * LOG2E
+        if m is not None:
+          s2 = jnp.where(m, s2, -jnp.inf)
+        m_new = jnp.maximum(m_run, jnp.max(s2, axis=-1))  # finite: m_run starts at _NEG
+        p = fastmath.exp2(s2 - m_new[:, None])  # [Bq, Bk], 0 where masked
+        c = fastmath.exp2(m_run - m_new)
+        l_run = c * l_run + jnp.sum(p, axis=-1)
+        acc = c[:, None] * acc
+        m_run = m_new
+      else:
+        p = _weights(kind, s, bias, m, None)
+      acc = acc + jnp.dot(p.astype(vb.dtype), vb[j], preferred_element_type=jnp.float32)
+      return m_run, l_run, acc
+
+    init = (jnp.full((plan.bq,), _NEG, jnp.float32), jnp.zeros((plan.bq,), jnp.float32),
+            jnp.zeros((plan.bq, dv), jnp.float32))
+    m_run, l_run, acc = jax.lax.fori_loop(0, plan.k_hi(i), kv_step, init)
+    if kind == "softmax":
+      ok = l_run > 0
+      out = acc / jnp.where(ok, l_run, 1.0)[:, None]
+      lse = jnp.where(ok, m_run + jnp.log2(jnp.where(ok, l_run, 1.0)), 0.0)
+    else:
+      out, lse = acc, jnp.zeros((plan.bq,), jnp.float32)
+    return out, lse
+
+  out, lse = jax.lax.map(q_block, jnp.arange(plan.nq))  # [nq, Bq, Dv], [nq, Bq]
+  return out.reshape(plan.nq * plan.bq, dv), lse.reshape(-1)
+
+
+def _backward(pairwise, kind, plan, params, fq, fk, v, mask, bias, out, lse, dout):
+  f, dv = fq.shape[-1], v.shape[-1]
+  fqb = fq.reshape(plan.nq, plan.bq, f)
+  fkb = fk.reshape(plan.nk, plan.bk, f)
+  vb = v.reshape(plan.nk, plan.bk, dv)
+  dob = dout.astype(jnp.float32).reshape(plan.nq, plan.bq, dv)  # [nq, Bq, Dv]
+  lseb = lse.reshape(plan.nq, plan.bq)
+  if kind == "softmax":
+    delta = jnp.sum(dob * out.reshape(plan.nq, plan.bq, dv), axis=-1)  # [nq, Bq]
+  else:
+    delta = jnp.zeros((plan.nq, plan.bq), jnp.float32)
+  zeros_like = lambda t: jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), t)
+
+  def kv_block(carry, j):
+    dfq, dparams, dbias = carry
+    fk_j, v_j = fkb[j], vb[j]  # [Bk, F], [Bk, Dv]
+
+    def q_step(i, c):
+      dfq, dparams, dbias, dfk_j, dv_j = c
+      fq_i, do_i = fqb[i], dob[i]
+      m = plan.block_mask(mask, i, j)
+      s, pw_vjp = jax.vjp(lambda p_, a, b: _scores(pairwise, p_, a, b), params, fq_i, fk_j)
+      a = _weights(kind, s, bias, m, lseb[i])  # [Bq, Bk]
+      dv_j = dv_j + jnp.dot(a.T, do_i, preferred_element_type=jnp.float32)  # [Bk, Dv]
+      dp = jnp.dot(do_i, v_j.T.astype(jnp.float32), preferred_element_type=jnp.float32)  # [Bq, Bk]
+      if kind == "softmax":
+        ds = a * (dp - delta[i][:, None])
+      else:
+        ds = dp * a * (1.0 - a)
+        dbias = dbias + jnp.sum(ds)
+      g_params, g_q, g_k = pw_vjp(ds)
+      dparams = jax.tree.map(lambda acc, g: acc + g.astype(jnp.float32), dparams, g_params)
+      dfq = jax.lax.dynamic_update_index_in_dim(dfq, dfq[i] + g_q.astype(jnp.float32), i, 0)
+      return dfq, dparams, dbias, dfk_j + g_k.astype(jnp.float32), dv_j
+
+    init = (dfq, dparams, dbias, jnp.zeros((plan.bk, f), jnp.float32),
+            jnp.zeros((plan.bk, dv), jnp.float32))
+    dfq, dparams, dbias, dfk_j, dv_j = jax.lax.fori_loop(plan.q_lo(j), plan.nq, q_step, init)
+    return (dfq, dparams, dbias), (dfk_j, dv_j)
+
+  init = (jnp.zeros((plan.nq, plan.bq, f), jnp.float32), zeros_like(params), jnp.zeros((), jnp.float32))
+  (dfq, dparams, dbias), (dfk, dvv) = jax.lax.scan(kv_block, init, jnp.arange(plan.nk))
+  return (dparams, dfq.reshape(plan.nq * plan.bq, f), dfk.reshape(plan.nk * plan.bk, f),
+          dvv.reshape(plan.nk * plan.bk, dv), dbias)
+
+
+def _core(pairwise: Callable, kind: str, plan: _Plan):
+  """The custom_vjp core (params, fq, fk, v, mask, bias) -> out [nq·Bq, Dv], for padded inputs."""
+
+  @jax.custom_vjp
+  def core(params, fq, fk, v, mask, bias):
+    return _forward(pairwise, kind, plan, params, fq, fk, v, mask, bias)[0]
+
+  def fwd(params, fq, fk, v, mask, bias):
+    out, lse = _forward(pairwise, kind, plan, params, fq, fk, v, mask, bias)
+    return out, (params, fq, fk, v, mask, bias, out, lse)
+
+  def bwd(res, dout):
+    params, fq, fk, v, mask, bias, out, lse = res
+    dparams, dfq, dfk, dv, dbias = _backward(pairwise, kind, plan, params, fq, fk, v, mask, bias,
+                                             out, lse, dout)
+    cast = lambda g, x: g.astype(x.dtype)
+    dparams = jax.tree.map(cast, dparams, params)
+    return dparams, cast(dfq, fq), cast(dfk, fk), cast(dv, v), None, cast(dbias, bias)
+
+  core.defvjp(fwd, bwd)
+  return core
+
+
+def attend_one_head_blocked(q: Array, k: Array, v: Array, mask: Array | None, *, score: Any,
+                            kind: str, params: Any = None, bias: Array | None = None,
+                            causal: bool = False, block_q: int = 128, block_k: int = 128) -> Array:
+  """Soft attention for ONE head, blocked; the output of ``attend_one_head`` without the weights.
+
+  Args:
+    q: [Lq, D] queries.  k: [Lk, D] keys.  v: [Lk, Dv] values.
+    mask: bool [Lq|1, Lk|1] (True = may attend) or None; causal is separate (by block index).
+    score: a ``scores.Score``; kind: "softmax" or "sigmoid".
+    bias: the sigmoid's scalar bias (default −log Lk).
+    block_q, block_k: block sizes (clipped to the lengths).
+  Returns:
+    z [Lq, Dv] in q's dtype.
+  """
+  if kind not in KINDS:
+    raise ValueError(f"attend_one_head_blocked: kind must be one of {KINDS}, got {kind!r}")
+  lq, lk = q.shape[0], k.shape[0]
+  plan = _Plan(lq, lk, block_q, block_k, causal)
+  fq = score.project_q(params, q)  # [Lq, F]
+  fk = score.project_k(params, k)  # [Lk, F]
+  if bias is None:
+    bias = -math.log(lk)
+  bias = jnp.asarray(bias, jnp.float32)
+  if mask is not None:
+    mask = mask.reshape((1,) * (2 - mask.ndim) + mask.shape)
+    if mask.shape[0] > 1:
+      mask = _pad_to(mask, 0, plan.nq * plan.bq, False)
+    if mask.shape[1] > 1:
+      mask = _pad_to(mask, 1, plan.nk * plan.bk, False)
+  fq = _pad_to(fq, 0, plan.nq * plan.bq)
+  fk = _pad_to(fk, 0, plan.nk * plan.bk)
+  vp = _pad_to(v, 0, plan.nk * plan.bk)
+  out = _core(score.pairwise, kind, plan)(params, fq, fk, vp, mask, bias)
+  return out[:lq].astype(q.dtype)

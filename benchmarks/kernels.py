@@ -1,0 +1,222 @@
+"""Side-by-side attention benchmark: attnlab (auto/dense/blocked) vs JAX, Flax, naive and torch.
+
+    python benchmarks/kernels.py --sizes 256,1024,4096,16384 --repeats 5 --out bench.json
+
+For each N: d=64, 8 heads, fp32, ``--batch`` (``--large-batch`` from N ≥ ``--large-from``),
+forward and forward+backward (grad of sum(out · q) wrt q, k, v), median of ``--repeats`` timed runs
+after one warm-up. FLOPs: 4·B·H·N²·d forward, 3.5× that forward+backward (FlashAttention
+convention). Memory ("mem MB"): for JAX, the compiled program's arguments + outputs + temporaries
+(``memory_analysis``), i.e. the peak it allocates; for torch, "-" (not measured in-process). The
+``--targets`` check runs each target config in a fresh subprocess and reports its peak RSS
+(ru_maxrss, includes the Python/JAX runtime). Methods whose N×N (or N×N×A) tensors would
+exceed ``--max-dense-gb`` are skipped and marked "skip".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from attnlab import kernels
+
+D, H = 64, 8
+
+
+def _time(fn, args, repeats):
+  jax.block_until_ready(fn(*args))  # warm-up (and compile)
+  ts = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    ts.append(time.perf_counter() - t)
+  return float(np.median(ts))
+
+
+def _jax_mem(fn, args):
+  try:
+    m = jax.jit(fn).lower(*args).compile().memory_analysis()
+    return (m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes) / 2**20
+  except Exception:  # noqa: BLE001 - memory analysis is optional per backend
+    return float("nan")
+
+
+def _naive(q, k, v):  # einsum + softmax, [B, N, H, D]
+  s = jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(q.shape[-1])
+  return jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(s, axis=-1), v)
+
+
+def _naive_additive(p):
+  def f(q, k, v):
+    fq = jnp.einsum("bnhd,da->bhna", q, p["W_q"])
+    fk = jnp.einsum("bnhd,da->bhna", k, p["W_k"]) + p["b"]
+    s = jnp.tanh(fq[:, :, :, None, :] + fk[:, :, None, :, :]) @ p["v"]  # [B, H, N, N]
+    return jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(s, axis=-1), v)
+  return f
+
+
+def _jax_methods(n, additive_params):
+  import flax.linen as nn  # noqa: PLC0415
+  att = lambda impl: (lambda q, k, v: kernels.attention(q, k, v, impl=impl))
+  methods = {
+      "attnlab auto": (att("auto"), 0),
+      "attnlab dense": (att("dense"), 1),
+      "attnlab blocked": (att("blocked"), 0),
+      "jax.nn.dpa": (jax.nn.dot_product_attention, 1),
+      "flax dpa": (nn.dot_product_attention, 1),
+      "naive einsum": (_naive, 1),
+      "additive blocked": (lambda q, k, v: kernels.attention(
+          q, k, v, score="additive", params=additive_params, impl="blocked"), 0),
+      "additive naive": (_naive_additive(additive_params), D),  # N×N×A tanh tensor
+  }
+  return methods
+
+
+def _fwd_bwd(f):
+  return jax.grad(lambda q, k, v: jnp.sum(f(q, k, v) * q), argnums=(0, 1, 2))
+
+
+def _torch_times(b, n, repeats):
+  import torch  # noqa: PLC0415
+  g = torch.Generator().manual_seed(0)
+  q, k, v = (torch.randn(b, H, n, D, generator=g) for _ in range(3))
+  sdpa = torch.nn.functional.scaled_dot_product_attention
+
+  def run(fn):
+    fn()
+    ts = []
+    for _ in range(repeats):
+      t = time.perf_counter()
+      fn()
+      ts.append(time.perf_counter() - t)
+    return float(np.median(ts))
+
+  with torch.no_grad():
+    t_f = run(lambda: sdpa(q, k, v))
+  qg, kg, vg = (x.clone().requires_grad_(True) for x in (q, k, v))
+
+  def fb():
+    (sdpa(qg, kg, vg) * qg).sum().backward()
+
+  return t_f, run(fb)
+
+
+def bench_size(n, b, repeats, max_dense_gb, skip_additive_from):
+  key = jax.random.split(jax.random.key(0), 3)
+  q, k, v = (jax.random.normal(kk, (b, n, H, D), jnp.float32) for kk in key)  # [B, N, H, D]
+  ap = kernels.init_params("additive", jax.random.key(1), D)
+  rows = []
+  for name, (f, dense_width) in _jax_methods(n, ap).items():
+    if name.startswith("additive") and n >= skip_additive_from:
+      continue
+    bb = 1 if name.startswith("additive") else b  # additive: batch 1 (the issue's setting)
+    x = tuple(t[:bb] for t in (q, k, v))
+    fl0 = 4 * bb * H * n * n * D
+    dense_gb = dense_width * bb * H * n * n * 4 * 3 / 2**30  # scores/weights/grad copies
+    for mode, fn, fl in (("fwd", f, fl0), ("fwd+bwd", _fwd_bwd(f), 3.5 * fl0)):
+      row = {"N": n, "batch": bb, "method": name, "mode": mode}
+      if dense_gb > max_dense_gb:
+        row.update(skipped=f"needs ~{dense_gb:.0f} GB")
+      else:
+        jf = jax.jit(fn)
+        t = _time(jf, x, repeats)
+        row.update(seconds=t, gflops=fl / t / 1e9, mem_mb=_jax_mem(fn, x))
+      rows.append(row)
+      print(_fmt(row), flush=True)
+  try:
+    t_f, t_fb = _torch_times(b, n, repeats)
+    flops = 4 * b * H * n * n * D
+    for mode, t, fl in (("fwd", t_f, flops), ("fwd+bwd", t_fb, 3.5 * flops)):
+      rows.append({"N": n, "batch": b, "method": "torch sdpa", "mode": mode, "seconds": t,
+                   "gflops": fl / t / 1e9, "mem_mb": None})
+      print(_fmt(rows[-1]), flush=True)
+  except ImportError:
+    print("torch not installed: skipping torch SDPA")
+  return rows
+
+
+def _fmt(r):
+  if "skipped" in r:
+    return f"{r['N']:>6} {r['batch']:>3} {r['method']:<17} {r['mode']:<8} {'skip (' + r['skipped'] + ')':>30}"
+  mem = "-" if r.get("mem_mb") is None else f"{r['mem_mb']:.0f}"
+  return (f"{r['N']:>6} {r['batch']:>3} {r['method']:<17} {r['mode']:<8} {r['seconds'] * 1e3:>10.1f} ms "
+          f"{r['gflops']:>7.1f} GF/s {mem:>8} MB")
+
+
+def _table(rows):
+  print("\n     N   B method            mode         time          GFLOP/s   mem (JAX compiled)")
+  for r in rows:
+    print(_fmt(r))
+  print("\nRatios (same run): attnlab blocked / reference, by time")
+  for n in sorted({r["N"] for r in rows}):
+    for mode in ("fwd", "fwd+bwd"):
+      t = {r["method"]: r.get("seconds") for r in rows if r["N"] == n and r["mode"] == mode}
+      ours = t.get("attnlab auto")
+      parts = [f"{ref}: {t[ref] / ours:.2f}x" for ref in ("jax.nn.dpa", "torch sdpa", "naive einsum")
+               if ours and t.get(ref)]
+      if t.get("additive blocked") and t.get("additive naive"):
+        parts.append(f"additive naive/blocked: {t['additive naive'] / t['additive blocked']:.2f}x")
+      print(f"  N={n:<6} {mode:<8} auto vs " + ", ".join(parts))
+
+
+_TARGET_CODE = """
+import resource, sys, time, jax, jax.numpy as jnp
+from attnlab import kernels
+score, n = sys.argv[1], int(sys.argv[2])
+ks = jax.random.split(jax.random.key(0), 3)
+q, k, v = (jax.random.normal(kk, (1, n, 8, 64), jnp.float32) for kk in ks)
+p = kernels.init_params(score, jax.random.key(1), 64)
+f = lambda q, k, v: jnp.sum(kernels.attention(q, k, v, score=score, params=p) * q)
+g = jax.jit(jax.grad(f, argnums=(0, 1, 2)))
+t = time.perf_counter(); jax.block_until_ready(g(q, k, v)); t = time.perf_counter() - t
+print(t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
+"""
+
+
+def targets():
+  out = []
+  for score, n in (("scaled_dot", 32768), ("additive", 4096)):
+    r = subprocess.run([sys.executable, "-c", _TARGET_CODE, score, str(n)], capture_output=True,
+                       text=True, check=True)
+    secs, gb = map(float, r.stdout.split()[-2:])
+    out.append({"score": score, "N": n, "batch": 1, "heads": 8, "d": 64, "mode": "fwd+bwd (auto)",
+                "seconds_incl_compile": secs, "peak_rss_gb": gb, "under_4gb": gb < 4})
+    print(f"target {score} N={n} B=1 H=8 d=64 fwd+bwd: {secs:.1f} s (incl. compile), "
+          f"peak RSS {gb:.2f} GB -> {'OK' if gb < 4 else 'OVER'} (< 4 GB)", flush=True)
+  return out
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap.add_argument("--sizes", default="256,1024,4096,16384")
+  ap.add_argument("--batch", type=int, default=4)
+  ap.add_argument("--large-batch", type=int, default=1, help="batch from N >= --large-from")
+  ap.add_argument("--large-from", type=int, default=16384)
+  ap.add_argument("--repeats", type=int, default=5)
+  ap.add_argument("--max-dense-gb", type=float, default=8.0)
+  ap.add_argument("--additive-up-to", type=int, default=4096, help="additive rows for N <= this")
+  ap.add_argument("--targets", action="store_true", help="also run the N=32768 / additive RSS targets")
+  ap.add_argument("--out", default="benchmarks/kernels.json")
+  args = ap.parse_args(argv)
+  rows = []
+  for n in map(int, args.sizes.split(",")):
+    b = args.large_batch if n >= args.large_from else args.batch
+    rows += bench_size(n, b, args.repeats, args.max_dense_gb, args.additive_up_to + 1)
+  _table(rows)
+  result = {"device": str(jax.devices()[0]), "jax": jax.__version__, "repeats": args.repeats,
+            "rows": rows, "targets": targets() if args.targets else None,
+            "max_rss_gb_this_process": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+  with open(args.out, "w") as fh:
+    json.dump(result, fh, indent=1)
+  print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,195 @@
+"""The blocked (online-softmax) path: equal to the dense path in outputs and gradients, refusals,
+fast-math error bounds, and bounded memory of the compiled program.
+
+Tolerances (fp32): outputs |blocked − dense| ≤ 2e-5 + 1e-4·|dense|; gradients ≤ 1e-4 + 1e-3·|dense|
+(relative to the gradient's largest entry). Measured errors are ~1e-6 (outputs) and ~1e-5 (gradients):
+summation order differs, and exp/tanh are the fastmath approximations.
+"""
+
+import importlib
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from attnlab import kernels, registry
+from attnlab.kernels import fastmath
+from attnlab.kernels.scores import Score
+
+B, LQ, LK, H, HKV, D, DV = 2, 37, 45, 4, 2, 8, 5  # ragged for blocks of 16; GQA groups of 2
+BLOCK = 16
+CUSTOM = "test_blocked_neg_l2"
+
+
+def _custom_score():
+  """A score registered from outside attnlab: −t·|q − k|², t a learnable temperature in pairwise."""
+  def pairwise(params, fq, fk):  # [Lq, F], [Lk, F] -> [Lq, Lk]
+    return -params["t"] * jnp.sum(jnp.square(fq[:, None, :] - fk[None, :, :]), axis=-1)
+
+  return Score(pairwise=pairwise, project_q=lambda p, q: q @ p["W"],
+               init=lambda rng, dim: {"W": jax.random.normal(rng, (dim, dim)) / math.sqrt(dim),
+                                      "t": jnp.asarray(0.3, jnp.float32)})
+
+
+@pytest.fixture(scope="module", autouse=True)
+def custom_score():
+  registry.register("score", CUSTOM, _custom_score())
+  yield
+  registry.unregister("score", CUSTOM)
+
+
+SCORES = sorted(registry.names("score")) + [CUSTOM]
+
+
+@pytest.fixture(scope="module")
+def data():
+  ks = jax.random.split(jax.random.key(0), 5)
+  q = jax.random.normal(ks[0], (B, LQ, H, D))  # [B, Lq, H, D]
+  k = jax.random.normal(ks[1], (B, LK, HKV, D))  # [B, Lk, Hkv, D]
+  v = jax.random.normal(ks[2], (B, LK, HKV, DV))  # [B, Lk, Hkv, Dv]
+  mask = np.array(jax.random.bernoulli(ks[3], 0.7, (B, H, LQ, LK)))
+  mask[1, 2, 5] = False  # a row with nothing to attend to
+  key_pad = np.ones((B, 1, 1, LK), bool)
+  key_pad[0, ..., 30:] = False
+  cot = jax.random.normal(ks[4], (B, LQ, H, DV))  # output cotangent
+  return q, k, v, jnp.asarray(mask), jnp.asarray(key_pad), cot
+
+
+MODES = [("none", False), ("mask", False), ("key_pad", True)]  # key padding [B, 1, 1, Lk] + causal
+
+
+def _out_and_grads(impl, score, normalizer):
+  """jit: for each of MODES, the output and its vjp (wrt q, k, v, params) at the cotangent."""
+  @jax.jit
+  def f(q, k, v, params, masks, cot):
+    results = []
+    for m, causal in MODES:
+      fn = lambda q, k, v, p: kernels.attention(q, k, v, score=score, normalizer=normalizer, params=p,
+                                                mask=masks[m], causal=causal, impl=impl,
+                                                block_size=BLOCK)
+      out, vjp = jax.vjp(fn, q, k, v, params)
+      results.append((out, vjp(cot)))
+    return results
+
+  return f
+
+
+def _assert_close(blocked, dense, atol, rtol):
+  for b, d in zip(jax.tree.leaves(blocked), jax.tree.leaves(dense)):
+    b, d = np.asarray(b), np.asarray(d)
+    scale = max(1.0, float(np.abs(d).max()))
+    np.testing.assert_allclose(b, d, atol=atol * scale, rtol=rtol)
+
+
+@pytest.mark.parametrize("normalizer", ["softmax", "sigmoid"])
+@pytest.mark.parametrize("score", SCORES)
+def test_blocked_matches_dense(data, score, normalizer):
+  """Every score × normalizer × {no mask, mask (with an empty row), key padding + causal}, GQA."""
+  q, k, v, mask, key_pad, cot = data
+  params = kernels.init_params(score, jax.random.key(1), D)
+  masks = {"none": None, "mask": mask, "key_pad": key_pad}
+  dense = _out_and_grads("dense", score, normalizer)(q, k, v, params, masks, cot)
+  blocked = _out_and_grads("blocked", score, normalizer)(q, k, v, params, masks, cot)
+  for (m, _), (ob, gb), (od, gd) in zip(MODES, blocked, dense):
+    chex.assert_tree_all_finite((ob, gb))
+    np.testing.assert_allclose(ob, od, atol=2e-5, rtol=1e-4)
+    _assert_close(gb, gd, atol=1e-4, rtol=1e-3)
+    if m == "mask":
+      np.testing.assert_array_equal(np.asarray(ob)[1, 5, 2], 0.0)  # the empty row stays zero
+
+
+def test_blocked_per_head_params_bias_and_block_shapes(data):
+  """Per-head params, a sigmoid bias given as an option (and its gradient), unequal blocks."""
+  q, k, v, mask, _, cot = data
+  params = kernels.init_params("additive", jax.random.key(2), D, num_heads=H)
+
+  def run(impl, bias):
+    fn = lambda q, p, b: kernels.attention(q, k, v, score="additive", normalizer="sigmoid", params=p,
+                                           mask=mask, causal=True, impl=impl, block_size=(8, 32),
+                                           normalizer_kwargs={"bias": b})
+    out, vjp = jax.vjp(fn, q, params, bias)
+    return out, vjp(cot)
+
+  bias = jnp.asarray(-1.5)
+  ob, gb = jax.jit(run, static_argnums=0)("blocked", bias)
+  od, gd = jax.jit(run, static_argnums=0)("dense", bias)
+  np.testing.assert_allclose(ob, od, atol=2e-5, rtol=1e-4)
+  _assert_close(gb, gd, atol=1e-4, rtol=1e-3)
+  assert abs(float(gd[2])) > 1e-3  # the bias gradient is really tested
+
+
+def test_auto_is_dense_for_short_and_non_online(data):
+  q, k, v, mask, _, _ = data
+  for normalizer in ["softmax", "sparsemax", "entmax15"]:
+    a = kernels.attention(q, k, v, normalizer=normalizer, mask=mask)
+    d = kernels.attention(q, k, v, normalizer=normalizer, mask=mask, impl="dense")
+    np.testing.assert_array_equal(a, d)
+  # long enough for auto to pick blocked: agrees with dense, and sparsemax still runs (dense)
+  n = math.isqrt(importlib.import_module("attnlab.kernels.attention").AUTO_BLOCKED_MIN_PAIRS)
+  ql = jax.random.normal(jax.random.key(3), (1, n, 1, 4))
+  a = kernels.attention(ql, ql, ql, causal=True)
+  d = kernels.attention(ql, ql, ql, causal=True, impl="dense")
+  np.testing.assert_allclose(a, d, atol=2e-5, rtol=1e-4)
+  s = kernels.attention(ql, ql, ql, normalizer="sparsemax", causal=True)
+  np.testing.assert_allclose(jnp.sum(s), jnp.sum(kernels.attention(
+      ql, ql, ql, normalizer="sparsemax", causal=True, impl="dense")), rtol=1e-5)
+
+
+@pytest.mark.parametrize("kw", [dict(normalizer="sparsemax"), dict(normalizer="entmax15"),
+                                dict(target="hard", rng=jax.random.key(0)),
+                                dict(target="hard_st", rng=jax.random.key(0)),
+                                dict(return_weights=True),
+                                dict(normalizer="sigmoid", normalizer_kwargs={"bias": jnp.zeros((37, 45))})])
+def test_blocked_refuses_what_it_cannot_do(data, kw):
+  q, k, v, *_ = data
+  with pytest.raises(ValueError, match=r"impl='blocked'.*valid impl values: \('auto', 'dense', 'blocked'\)"):
+    kernels.attention(q, k, v, impl="blocked", **kw)
+  kernels.attention(q, k, v, impl="auto", **kw)  # auto falls back to dense
+
+
+def test_bad_impl_and_block_size(data):
+  q, k, v, *_ = data
+  with pytest.raises(ValueError, match=r"impl must be one of \('auto', 'dense', 'blocked'\), got 'fast'"):
+    kernels.attention(q, k, v, impl="fast")
+  with pytest.raises(ValueError, match="block_size must be a positive int"):
+    kernels.attention(q, k, v, impl="blocked", block_size=(16, 0))
+
+
+def test_fastmath_error_bounds():
+  x = np.linspace(-125.0, 127.99, 1_000_001, dtype=np.float32)
+  ref = np.exp2(x.astype(np.float64))
+  assert np.max(np.abs(np.asarray(fastmath.exp2(x), np.float64) - ref) / ref) < 2e-7
+  x = np.linspace(-20.0, 20.0, 1_000_001, dtype=np.float32)
+  ref = np.exp(x.astype(np.float64))
+  assert np.max(np.abs(np.asarray(fastmath.exp(x), np.float64) - ref) / ref) < 1.2e-6
+  x = np.linspace(-12.0, 12.0, 1_000_001, dtype=np.float32)
+  assert np.max(np.abs(np.asarray(fastmath.tanh(x), np.float64) - np.tanh(x.astype(np.float64)))) < 3.5e-7
+  edge = np.asarray(fastmath.exp2(jnp.array([-jnp.inf, -200.0, 200.0, jnp.inf, 0.0])))
+  np.testing.assert_array_equal(edge, [0.0, 0.0, np.inf, np.inf, 1.0])
+  np.testing.assert_array_equal(np.asarray(fastmath.tanh(jnp.array([-jnp.inf, 0.0, jnp.inf]))), [-1, 0, 1])
+  jax.test_util.check_grads(fastmath.exp, (jnp.array([-3.0, 0.5, 2.0]),), order=1, rtol=1e-2)
+  jax.test_util.check_grads(fastmath.tanh, (jnp.array([-3.0, 0.5, 2.0]),), order=1, rtol=1e-2)
+
+
+def _temp_bytes(score, n, causal):
+  q = jax.ShapeDtypeStruct((1, n, 1, 64), jnp.float32)
+  params = kernels.init_params(score, jax.random.key(0), 64)
+
+  def loss(q, k, v, p):
+    return jnp.sum(kernels.attention(q, k, v, score=score, params=p, causal=causal, impl="auto"))
+
+  grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)))
+  return grad.lower(q, q, q, params).compile().memory_analysis().temp_size_in_bytes
+
+
+@pytest.mark.parametrize("score,causal", [("scaled_dot", True), ("additive", False)])
+def test_fwd_bwd_memory_is_linear_in_length(score, causal):
+  """Compiled fwd+bwd at N=4096 (one head, d=64): temporaries far below one N×N fp32 matrix."""
+  n = 4096
+  temp = _temp_bytes(score, n, causal)
+  # < 32 MB, set by the block size (additive: 256·128·64 tanh block and its gradient), not by N;
+  # one N×N fp32 matrix is 64 MB, and dense additive needs N·N·A·4 = 4 GB.
+  assert temp < n * n * 4 / 2, temp
