@@ -1,0 +1,171 @@
+"""The ``attnlab`` command line (absl flags; ml_collections config files).
+
+    attnlab train  --config=configs/TASK.py[:arg] --workdir=DIR [--config.a.b=value ...]
+    attnlab sweep [--config=configs/sweeps/NAME.py] --workdir=DIR [--shard=i/n] [--noprogress]
+    (train/sweep on several hosts: the same command on every host with --distributed)
+    attnlab report DIR [--metric=accuracy] [--split=test] [--noplots]
+    attnlab list
+
+``sweep`` without ``--config`` runs ``configs/sweeps/categories.py``. Config paths are taken as
+given, else relative to the repository (so ``configs/...`` works from any directory with an
+editable install).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+COMMANDS = ("train", "sweep", "report", "list")
+_USAGE = ("usage: attnlab {train,sweep,report,list} [flags]\n"
+          "  attnlab train --config=configs/TASK.py --workdir=DIR [--config.a.b=value]\n"
+          "  attnlab sweep [--config=configs/sweeps/NAME.py] --workdir=DIR [--shard=i/n]\n"
+          "  attnlab report DIR [--metric=accuracy] [--split=test] [--noplots]\n"
+          "  attnlab list")
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:arg]).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory of the run or sweep.")
+_SHARD = flags.DEFINE_string("shard", None, "sweep: run every n-th run, i/n (0 <= i < n).")
+_PROGRESS = flags.DEFINE_bool("progress", True, "sweep: show a progress bar.")
+_METRIC = flags.DEFINE_string("metric", "accuracy", "report: the metric compared.")
+_SPLIT = flags.DEFINE_string("split", "test", "report: the split compared (val or test).")
+_PLOTS = flags.DEFINE_bool("plots", True, "report (and sweep's final report): write plots.")
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "train/sweep: call jax.distributed.initialize() "
+                                 "first (multi-host: run the same command on every host).")
+
+
+class UsageError(ValueError):
+  pass
+
+
+def _list() -> str:
+  from attnlab import registry  # pylint: disable=g-import-not-at-top
+  lines = []
+  for kind in registry.kinds():
+    lines.append(f"{kind}: {', '.join(registry.names(kind))}")
+  return "\n".join(lines)
+
+
+def main(argv: list[str]) -> None:
+  args = argv[1:]
+  if not args or args[0] not in COMMANDS:
+    raise UsageError(f"unknown or missing command {args[0] if args else ''!r}; commands: "
+                     f"{', '.join(COMMANDS)}\n{_USAGE}")
+  command, rest = args[0], args[1:]
+  if command == "list":
+    print(_list())
+  elif command == "report":
+    if len(rest) != 1:
+      raise UsageError(f"report takes one directory, got {rest}\n{_USAGE}")
+    from attnlab import report  # pylint: disable=g-import-not-at-top
+    print(report.write(rest[0], metric=_METRIC.value, split=_SPLIT.value, plots=_PLOTS.value))
+  else:
+    if rest:
+      raise UsageError(f"{command}: unexpected arguments {rest}\n{_USAGE}")
+    if not _WORKDIR.value:
+      raise UsageError(f"{command} needs --workdir=DIR\n{_USAGE}")
+    if _DISTRIBUTED.value:
+      import jax  # pylint: disable=g-import-not-at-top
+      jax.distributed.initialize()
+    if command == "train":
+      if _CONFIG.value is None:
+        raise UsageError(f"train needs --config=configs/TASK.py\n{_USAGE}")
+      from attnlab import train  # pylint: disable=g-import-not-at-top
+      result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+      if not train.is_primary():
+        return
+      for split, per in result["metrics"].items():
+        print(f"{split}: " + ", ".join(f"{m} {v['mean']:.4f} ± {v['std']:.4f}" for m, v in per.items()))
+    else:
+      _sweep()
+
+
+def _sweep() -> None:
+  from attnlab import config as config_lib  # pylint: disable=g-import-not-at-top
+  from attnlab import report, sweep  # pylint: disable=g-import-not-at-top
+  cfg = _CONFIG.value if _CONFIG.value is not None else config_lib.load_file(str(sweep.DEFAULT))
+  shard = sweep.parse_shard(_SHARD.value)
+  if _PROGRESS.value:
+    logging.set_verbosity(logging.WARNING)
+  counts = sweep.run_sweep(cfg, _WORKDIR.value, shard=shard, progress=_PROGRESS.value)
+  from attnlab import train  # pylint: disable=g-import-not-at-top
+  if not train.is_primary():
+    return
+  print(f"sweep {cfg.name}: {counts['runs']} runs in this shard, {counts['trained']} trained, "
+        f"{counts['skipped']} already done")
+  print(report.write(_WORKDIR.value, plots=_PLOTS.value))
+
+
+def _resolve_config_args(argv: list[str]) -> list[str]:
+  """``--config=configs/x.py[:arg]`` relative to the repo when not found from the cwd."""
+  from attnlab import config as config_lib  # pylint: disable=g-import-not-at-top
+  out = []
+  for a in argv:
+    m = re.fullmatch(r"--config=([^:]+)(:.*)?", a)
+    if m:
+      try:
+        a = f"--config={config_lib.resolve_path(m.group(1))}{m.group(2) or ''}"
+      except FileNotFoundError as e:
+        raise UsageError(str(e)) from None
+    out.append(a)
+  return out
+
+
+def _bad_override(argv: list[str]) -> str | None:
+  """The first ``--config.a.b=`` override whose key does not exist, explained."""
+  from attnlab import config as config_lib  # pylint: disable=g-import-not-at-top
+  path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  if path is None:
+    return "--config.* overrides need --config=FILE"
+  cfg = config_lib.load_file(path)
+  for a in argv:
+    m = re.fullmatch(r"--config\.([\w.]+)(=.*)?", a)
+    if m:
+      try:
+        config_lib.check_key(cfg, m.group(1))
+      except ValueError as e:
+        return str(e)
+  return None
+
+
+def _parse(argv: list[str]) -> list[str]:
+  try:
+    argv = _resolve_config_args(argv)
+    return flags.FLAGS(argv)
+  except UsageError as e:
+    _die(str(e))
+  except flags.Error as e:
+    _die(f"{e}")
+  except (AttributeError, KeyError) as e:
+    _die(_bad_override(argv) or f"bad --config override: {e}")
+  except (ValueError, TypeError) as e:
+    _die(f"{e}")
+  return []
+
+
+def _die(message: str) -> None:
+  print(f"attnlab: error: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
+def _main(argv: list[str]) -> None:
+  try:
+    main(argv)
+  except (UsageError, ValueError, TypeError, FileNotFoundError) as e:
+    if os.environ.get("ATTNLAB_TRACEBACK"):
+      raise
+    _die(f"{e}\n(set ATTNLAB_TRACEBACK=1 to see the traceback)")
+
+
+def run() -> None:
+  """The console-script entry point."""
+  app.run(_main, flags_parser=_parse)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,203 @@
+"""The run-config schema, config-file loading and validation.
+
+A run config is a locked ``ml_collections.ConfigDict`` (unknown keys and type changes are errors):
+
+    task.name            registered task (``attnlab list``)
+    task.knobs           keyword arguments of the task factory ``make(**knobs)``
+    model.name           registered model; its ``family`` must be the task's
+    model.options        keyword arguments of the model constructor (num_heads, score, target, ...)
+    optim.name           adam | adamw | sgd
+    optim.learning_rate  peak learning rate
+    optim.weight_decay   adam/sgd: L2 added to the gradient (PyTorch ``weight_decay``); adamw: decoupled
+    optim.warmup_steps   linear warm-up from 0
+    optim.schedule       constant | cosine (decay to 0 at train.steps)
+    optim.clip_norm      global gradient-norm clip (0 = off)
+    optim.b1, optim.b2   Adam betas (b1 = momentum for sgd)
+    train.steps          optimiser steps
+    train.batch_size     examples per step (ignored by node_classifier tasks: the graph is one batch)
+    train.eval_every     steps between validation evaluations (early stopping counts these)
+    train.eval_batch_size  largest evaluation batch (val/test are evaluated in equal batches)
+    train.checkpoint_every  steps between orbax checkpoints (rounded up to evaluations; 0 = only at end)
+    train.seeds          tuple of seeds, trained together in one vmapped program
+    train.early_stopping.patience  evaluations without improvement before a seed stops (0 = off)
+    train.early_stopping.metrics   comma-separated val metrics, e.g. "loss,accuracy" (GAT's rule)
+    train.attention_maps  save attention weights of one val example (``attention.npz``) at the end
+
+Config files (``configs/*.py``) define ``get_config(arg=None)`` that starts from ``base_config()``.
+Extra top-level scalar fields are allowed as aliases (``c.data_dir`` referenced by
+``c.task.knobs.data_dir = c.get_ref("data_dir")``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import os
+import pathlib
+from typing import Any
+
+import ml_collections
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "cosine")
+SECTIONS = ("task", "model", "optim", "train")
+_PACKAGE_DIR = pathlib.Path(__file__).resolve().parent
+REPO_ROOT = _PACKAGE_DIR.parent
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every field with its default; config files override task, model and the rest."""
+  c = ml_collections.ConfigDict()
+  c.task = ml_collections.ConfigDict({"name": "", "knobs": {}})
+  c.model = ml_collections.ConfigDict({"name": "", "options": {}})
+  c.optim = ml_collections.ConfigDict({
+      "name": "adamw", "learning_rate": 1e-3, "weight_decay": 0.0, "warmup_steps": 0,
+      "schedule": "constant", "clip_norm": 0.0, "b1": 0.9, "b2": 0.999})
+  c.train = ml_collections.ConfigDict({
+      "steps": 1000, "batch_size": 32, "eval_every": 100, "eval_batch_size": 1024,
+      "checkpoint_every": 0, "seeds": (0,), "attention_maps": True,
+      "early_stopping": {"patience": 0, "metrics": "accuracy"}})
+  return c
+
+
+def resolve_path(path: str) -> pathlib.Path:
+  """A config path as given, else relative to the repository root (``configs/...`` from anywhere)."""
+  p = pathlib.Path(path).expanduser()
+  if p.exists():
+    return p.resolve()
+  alt = REPO_ROOT / path
+  if not p.is_absolute() and alt.exists():
+    return alt.resolve()
+  raise FileNotFoundError(f"config file {path!r} not found (looked in {os.getcwd()} and {REPO_ROOT})")
+
+
+def load_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
+  """Imports a config file and returns ``get_config(arg)`` (``path`` may be ``file.py:arg``)."""
+  if arg is None and ":" in path and not pathlib.Path(path).exists():
+    path, arg = path.split(":", 1)
+  file = resolve_path(path)
+  spec = importlib.util.spec_from_file_location(f"_attnlab_config_{file.stem}", file)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ValueError(f"config file {str(file)!r} has no get_config(arg=None)")
+  params = inspect.signature(module.get_config).parameters
+  return module.get_config(arg) if params else module.get_config()
+
+
+def _check_keys(where: str, got: ml_collections.ConfigDict, want: ml_collections.ConfigDict) -> None:
+  for key in got.keys():
+    if key not in want:
+      raise ValueError(f"config: unknown key {where}{key!r}; valid keys in {where.rstrip('.') or 'config'}: "
+                       f"{', '.join(sorted(want.keys()))}")
+    if isinstance(want[key], ml_collections.ConfigDict) and key not in ("knobs", "options"):
+      if not isinstance(got[key], ml_collections.ConfigDict):
+        raise TypeError(f"config: {where}{key} must be a section, got {type(got[key]).__name__}")
+      _check_keys(f"{where}{key}.", got[key], want[key])
+    elif not isinstance(want[key], ml_collections.ConfigDict) and want[key] is not None:
+      ok = type(want[key])
+      value = got[key]
+      if ok is float and isinstance(value, int) and not isinstance(value, bool):
+        continue
+      if not isinstance(value, ok) or (ok is int and isinstance(value, bool)):
+        raise TypeError(f"config: {where}{key} must be {ok.__name__}, got {value!r} "
+                        f"({type(value).__name__})")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks keys, types and choices against the schema; raises ValueError/TypeError naming the key."""
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise TypeError(f"config must be an ml_collections.ConfigDict, got {type(config).__name__}")
+  base = base_config()
+  for section in SECTIONS:
+    if section not in config:
+      raise ValueError(f"config: missing section {section!r} (start config files from "
+                       f"attnlab.config.base_config())")
+    _check_keys(f"{section}.", config[section], base[section])
+  for key in config.keys():
+    if key not in SECTIONS and isinstance(config[key], ml_collections.ConfigDict):
+      raise ValueError(f"config: unknown section {key!r}; sections: {', '.join(SECTIONS)} "
+                       f"(extra top-level fields must be scalars used as aliases)")
+  if not config.task.name:
+    raise ValueError("config: task.name is empty; set it to a registered task (`attnlab list`)")
+  if not config.model.name:
+    raise ValueError("config: model.name is empty; set it to a registered model (`attnlab list`)")
+  _choice("optim.name", config.optim.name, OPTIMIZERS)
+  _choice("optim.schedule", config.optim.schedule, SCHEDULES)
+  for key in ("steps", "batch_size", "eval_every", "eval_batch_size"):
+    if config.train[key] < 1:
+      raise ValueError(f"config: train.{key} must be >= 1, got {config.train[key]}")
+  seeds = config.train.seeds
+  if (not isinstance(seeds, (tuple, list)) or not seeds
+      or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
+      or len(set(seeds)) != len(seeds)):
+    raise ValueError(f"config: train.seeds must be a non-empty tuple of distinct ints >= 0, got {seeds!r}")
+  if config.train.early_stopping.patience < 0:
+    raise ValueError("config: train.early_stopping.patience must be >= 0 (0 = off)")
+  if not early_stopping_metrics(config):
+    raise ValueError("config: train.early_stopping.metrics is empty; e.g. 'accuracy' or 'loss,accuracy'")
+
+
+def early_stopping_metrics(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  return tuple(m.strip() for m in config.train.early_stopping.metrics.split(",") if m.strip())
+
+
+def check_kwargs(what: str, fn: Any, kwargs: dict[str, Any], key: str) -> None:
+  """Unknown keyword arguments for ``fn`` -> ValueError naming them and listing the accepted ones."""
+  try:
+    params = inspect.signature(fn).parameters
+  except (TypeError, ValueError):
+    return
+  if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+    return
+  valid = [n for n, p in params.items()
+           if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and n not in ("self", "spec", "rngs")]
+  unknown = sorted(set(kwargs) - set(valid))
+  if unknown:
+    raise ValueError(f"config: unknown {key} {', '.join(map(repr, unknown))} for {what}; "
+                     f"valid: {', '.join(valid) or '(none)'}")
+
+
+def _choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
+  if value not in choices:
+    raise ValueError(f"config: {key}={value!r} is not valid; choose one of {', '.join(choices)}")
+
+
+def to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """A JSON-friendly dict of the config (tuples become lists)."""
+  return _jsonable(config.to_dict())
+
+
+def _jsonable(x: Any) -> Any:
+  if isinstance(x, dict):
+    return {str(k): _jsonable(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_jsonable(v) for v in x]
+  return x
+
+
+def _locate(config: ml_collections.ConfigDict, key: str) -> tuple[ml_collections.ConfigDict, str]:
+  """The parent node of dotted ``key`` and its last part; ValueError naming the key if missing."""
+  parts = key.split(".")
+  node = config
+  for i, part in enumerate(parts):
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      where = ".".join(parts[:i]) or "config"
+      valid = ", ".join(sorted(node.keys())) if isinstance(node, ml_collections.ConfigDict) else "(none)"
+      raise ValueError(f"config: unknown key {key!r} ({part!r} not in {where}; valid: {valid})")
+    if i < len(parts) - 1:
+      node = node[part]
+  return node, parts[-1]
+
+
+def check_key(config: ml_collections.ConfigDict, key: str) -> None:
+  _locate(config, key)
+
+
+def set_dotted(config: ml_collections.ConfigDict, key: str, value: Any) -> None:
+  """``config['a.b.c'] = value`` with an error naming the key if a part does not exist."""
+  node, last = _locate(config, key)
+  try:
+    node[last] = value
+  except TypeError as e:
+    raise TypeError(f"config: {key}: {e}") from None

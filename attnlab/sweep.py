@@ -1,0 +1,230 @@
+"""Sweeps: where a sweep config is expanded into runs, and where they are run resumably.
+
+A sweep config (``configs/sweeps/*.py``, ``get_config(arg=None)``) is a ConfigDict with
+
+    name       the sweep's name
+    seeds      tuple of seeds; every run trains them together (vmapped)
+    overrides  nested like a run config, applied to every run (e.g. {"train": {"steps": 200}}),
+               so ``--config.overrides.train.steps=50`` works from the command line
+    grids      a list of sub-grids; the sweep is their UNION (not a cross product):
+               {"group": category compared, "config": "assoc_recall" (configs/assoc_recall.py) or a
+                path[:arg], "fixed": {dotted key: value}, "axes": {dotted key: [values]}}
+               each sub-grid is the product of its axes.
+
+A run's point, ``{"group", "task", **fixed, **axis values}``, identifies it in ``results.jsonl``
+(canonical JSON, stable across restarts). ``DIR/sweep.json`` stores the expanded sweep and its
+fingerprint (sha256 of every run's full config and the seeds); a DIR holding another sweep is
+refused. Each finished (run, seed) appends one line to ``DIR/results.jsonl`` (attnlab.results);
+a rerun skips done pairs. ``shard=(i, n)`` runs the runs with index ≡ i (mod n).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import pathlib
+import re
+from typing import Any
+
+import ml_collections
+from absl import logging
+
+from attnlab import config as config_lib
+from attnlab import registry, results
+
+DEFAULT = config_lib.REPO_ROOT / "configs" / "sweeps" / "categories.py"
+_CATEGORY_OPTIONS = {"score": ("score", "graph_score"), "normalizer": ("normalizer",),
+                     "target": ("target",)}
+
+
+@dataclasses.dataclass
+class Run:
+  index: int
+  point: dict[str, Any]
+  config: ml_collections.ConfigDict
+
+  @property
+  def id(self) -> str:
+    digest = hashlib.sha256(results.canonical(self.point).encode()).hexdigest()[:10]
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{self.point['group']}-{self.point['task']}")
+    return f"{self.index:03d}-{slug}-{digest}"
+
+
+def _config_name(name: str) -> str:
+  """"assoc_recall" -> "assoc_recall"; "configs/x.py:arg" -> "x:arg" (the task column of reports)."""
+  path, _, arg = name.partition(":")
+  stem = pathlib.Path(path).stem if path.endswith(".py") else path
+  return f"{stem}:{arg}" if arg else stem
+
+
+def _base_path(name: str) -> str:
+  return name if name.endswith(".py") or ".py:" in name else f"configs/{name}.py"
+
+
+def check_names(config: ml_collections.ConfigDict, where: str) -> None:
+  """Unknown task, model or category names -> ValueError naming them (before anything runs)."""
+  for kind, name in (("task", config.task.name), ("model", config.model.name)):
+    if name not in registry.names(kind):
+      raise ValueError(f"{where}: unknown {kind} {name!r}; registered {kind}s: "
+                       f"{', '.join(registry.names(kind))}")
+  for option, kinds in _CATEGORY_OPTIONS.items():
+    value = config.model.options.get(option)
+    if isinstance(value, str):
+      valid = sorted({n for k in kinds if k in registry.kinds() for n in registry.names(k)})
+      if value not in valid:
+        raise ValueError(f"{where}: unknown {option} {value!r}; registered: {', '.join(valid)}")
+
+
+def expand(sweep: ml_collections.ConfigDict) -> list[Run]:
+  """The runs of ``sweep`` in a fixed order (sub-grids in order, axes in row-major order)."""
+  for key in ("name", "seeds", "grids"):
+    if key not in sweep:
+      raise ValueError(f"sweep config: missing {key!r} (fields: name, seeds, overrides, grids)")
+  grids = [dict(g) for g in sweep.grids]
+  overrides = _flatten(sweep.get("overrides", None))
+  runs, seen = [], set()
+  for g, grid in enumerate(grids):
+    unknown = set(grid) - {"group", "config", "fixed", "axes"}
+    if unknown or "group" not in grid or "config" not in grid:
+      raise ValueError(f"sweep {sweep.name!r} grid {g}: needs 'group' and 'config' (optional 'fixed', "
+                       f"'axes'); unknown keys: {sorted(unknown)}")
+    fixed, axes = dict(grid.get("fixed", {})), dict(grid.get("axes", {}))
+    for values in itertools.product(*axes.values()):
+      point = {"group": grid["group"], "task": _config_name(grid["config"]), **fixed,
+               **dict(zip(axes, values))}
+      if results.canonical(point) in seen:
+        raise ValueError(f"sweep {sweep.name!r}: run {point} appears twice")
+      seen.add(results.canonical(point))
+      cfg = config_lib.load_file(_base_path(grid["config"]))
+      for key, value in {**overrides, **fixed, **dict(zip(axes, values))}.items():
+        config_lib.set_dotted(cfg, key, value)
+      cfg.train.seeds = tuple(sweep.seeds)
+      where = f"sweep {sweep.name!r} run {point}"
+      try:
+        config_lib.validate(cfg)
+      except (ValueError, TypeError) as e:
+        raise type(e)(f"{where}: {e}") from None
+      check_names(cfg, where)
+      runs.append(Run(len(runs), point, cfg))
+  if not runs:
+    raise ValueError(f"sweep {sweep.name!r} has no runs")
+  return runs
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+  if tree is None:
+    return {}
+  if isinstance(tree, (dict, ml_collections.ConfigDict)):
+    out = {}
+    for k, v in tree.items():
+      out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, (dict, ml_collections.ConfigDict))
+                 else {f"{prefix}{k}": v})
+    return out
+  raise TypeError(f"sweep config: overrides must be a nested dict, got {type(tree).__name__}")
+
+
+def fingerprint(sweep: ml_collections.ConfigDict, runs: list[Run]) -> str:
+  body = {"seeds": list(sweep.seeds),
+          "runs": [[r.point, config_lib.to_dict(r.config)] for r in runs]}
+  return hashlib.sha256(results.canonical(body).encode()).hexdigest()
+
+
+def check_workdir(workdir: pathlib.Path, sweep: ml_collections.ConfigDict, runs: list[Run]) -> None:
+  """Writes DIR/sweep.json, or refuses a DIR that holds results of a different sweep."""
+  meta_path, res_path = workdir / "sweep.json", workdir / "results.jsonl"
+  fp = fingerprint(sweep, runs)
+  if meta_path.exists():
+    old = results.read_json(meta_path)
+    if old.get("fingerprint") != fp:
+      old_points = {results.canonical(p) for p in old.get("runs", [])}
+      new_points = {results.canonical(r.point) for r in runs}
+      raise ValueError(
+          f"workdir {str(workdir)!r} holds results of a different sweep config (sweep "
+          f"{old.get('name')!r}, {len(old_points)} runs, fingerprint {old.get('fingerprint', '')[:12]}); "
+          f"this config is {sweep.name!r} ({len(new_points)} runs, fingerprint {fp[:12]}; "
+          f"{len(new_points - old_points)} run points new, {len(old_points - new_points)} gone, the "
+          f"others may differ in their configs or seeds). Nothing was changed: use a new --workdir.")
+    return
+  if res_path.exists():
+    raise ValueError(f"workdir {str(workdir)!r} has results.jsonl but no sweep.json: not a sweep "
+                     f"directory of this config; nothing was changed, use a new --workdir")
+  workdir.mkdir(parents=True, exist_ok=True)
+  from attnlab.train import is_primary  # pylint: disable=g-import-not-at-top
+  if is_primary():
+    results.atomic_write_json(meta_path, {"name": sweep.name, "fingerprint": fp, "seeds": list(sweep.seeds),
+                                          "runs": [r.point for r in runs],
+                                          "run_ids": [r.id for r in runs]})
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+  """"i/n" -> (i, n) with 0 <= i < n."""
+  if not text:
+    return 0, 1
+  try:
+    i, n = (int(x) for x in text.split("/"))
+  except ValueError:
+    raise ValueError(f"--shard must look like i/n (e.g. 0/4), got {text!r}") from None
+  if not 0 <= i < n:
+    raise ValueError(f"--shard {text!r}: need 0 <= i < n")
+  return i, n
+
+
+def run_sweep(sweep: ml_collections.ConfigDict, workdir: str, *, shard: tuple[int, int] = (0, 1),
+              progress: bool = True) -> dict[str, int]:
+  """Runs this shard's unfinished (run, seed) pairs; returns counts (runs, trained, skipped)."""
+  from attnlab import train  # pylint: disable=g-import-not-at-top
+  workdir = pathlib.Path(workdir)
+  runs = expand(sweep)
+  check_workdir(workdir, sweep, runs)
+  res_path = workdir / "results.jsonl"
+  done = {results.key(r) for r in results.read_lines(res_path)}
+  mine = [r for r in runs if r.index % shard[1] == shard[0]]
+  todo = []
+  for r in mine:
+    missing = [s for s in sweep.seeds if (results.canonical(r.point), s) not in done]
+    if missing:
+      todo.append((r, missing))
+  counts = {"runs": len(mine), "trained": 0, "skipped": len(mine) - len(todo)}
+  bar = _progress(progress and train.is_primary())
+  with bar:
+    task_id = bar.add_task(f"sweep {sweep.name}", total=len(mine), completed=counts["skipped"])
+    for run, missing in todo:
+      bar.update(task_id, description=f"{run.point['group']} · {run.point['task']} · "
+                 f"{label(run.point)}")
+      cfg = run.config
+      run_dir = workdir / "runs" / run.id
+      if missing != list(sweep.seeds):  # some seeds are already recorded: train only the others
+        cfg = cfg.copy_and_resolve_references()
+        cfg.train.seeds = tuple(missing)
+        run_dir = run_dir / ("seeds-" + "-".join(map(str, missing)))
+      result = train.train_and_evaluate(cfg, str(run_dir))
+      for i, seed in enumerate(result["seeds"]):
+        if (results.canonical(run.point), seed) in done or not train.is_primary():
+          continue
+        results.append_line(res_path, {
+            "sweep": sweep.name, "run": run.point, "seed": seed, "run_id": run.id,
+            "task": cfg.task.name, "model": cfg.model.name,
+            "metrics": {split: {m: v["per_seed"][i] for m, v in per.items()}
+                        for split, per in result["metrics"].items()},
+            "best_step": result["best_step"][i], "stopped_at": result["stopped_at"][i],
+            "run_wall_s": result["wall_s"]})
+        done.add((results.canonical(run.point), seed))
+      counts["trained"] += 1
+      bar.advance(task_id)
+  logging.info("sweep %s shard %d/%d: %s", sweep.name, shard[0], shard[1], counts)
+  return counts
+
+
+def label(point: dict[str, Any]) -> str:
+  """A short variant label: the point without group/task, keys shortened to their last part."""
+  parts = [f"{k.rsplit('.', 1)[-1]}={v}" for k, v in point.items() if k not in ("group", "task")]
+  return ", ".join(parts) or "default"
+
+
+
+def _progress(enabled: bool) -> Any:
+  from rich import progress as rp  # pylint: disable=g-import-not-at-top
+  return rp.Progress(rp.TextColumn("{task.description}"), rp.BarColumn(), rp.MofNCompleteColumn(),
+                     rp.TimeElapsedColumn(), rp.TextColumn("ETA"), rp.TimeRemainingColumn(),
+                     disable=not enabled, transient=False)

@@ -1,0 +1,28 @@
+"""A tiny sweep for a first look and for the tests: 2 scores × 2 seeds on associative recall, plus
+graph attention vs uniform aggregation on the karate club (4 runs × 2 seeds, about a minute).
+
+    attnlab sweep --config=configs/sweeps/smoke.py --workdir=runs/smoke
+    attnlab sweep --config=configs/sweeps/smoke.py:tiny --workdir=...     # the tests' shrunken copy
+"""
+
+import ml_collections
+
+
+def get_config(arg=None):
+  tiny = arg == "tiny"
+  c = ml_collections.ConfigDict()
+  c.name = "smoke-tiny" if tiny else "smoke"
+  c.seeds = (0, 1)
+  c.overrides = {"train": {"steps": 20 if tiny else 150, "eval_every": 10 if tiny else 50,
+                           "checkpoint_every": 0}}
+  if tiny:
+    c.overrides.task = {"knobs": {"eval_size": 64}}
+    c.overrides.model = {"options": {"d_model": 16, "num_layers": 1}}
+  c.grids = [
+      {"group": "score", "config": "assoc_recall", "axes": {"model.options.score": ["dot", "additive"]}},
+      {"group": "graph", "config": "karate", "axes": {"model.options.score": ["additive", "uniform"]}},
+  ]
+  if tiny:  # the shrunken task/model overrides apply to assoc_recall only: karate has no eval_size
+    c.grids = c.grids[:1] + [{"group": "heads", "config": "assoc_recall",
+                              "axes": {"model.options.num_heads": [1, 2]}}]
+  return c

@@ -1,0 +1,93 @@
+"""The ``attnlab`` command: list, train, sweep killed and resumed, report, clear errors."""
+
+import collections
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from attnlab import config as config_lib, results, sweep
+
+HERE = pathlib.Path(__file__).resolve().parent
+REPO = HERE.parent
+TOY = str(HERE / "runner_toy.py")
+SMOKE = REPO / "configs" / "sweeps" / "smoke.py"
+
+
+def attnlab(*args, timeout=240, cwd=None):
+  return subprocess.run([sys.executable, "-m", "attnlab.cli", *args], capture_output=True, text=True,
+                        timeout=timeout, cwd=cwd or REPO, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+
+
+def test_list_prints_every_kind():
+  out = attnlab("list")
+  assert out.returncode == 0, out.stderr
+  kinds = dict(line.split(": ", 1) for line in out.stdout.strip().splitlines())
+  assert {"score", "normalizer", "target", "model", "task"} <= set(kinds)
+  assert "additive" in kinds["score"].split(", ") and "softmax" in kinds["normalizer"].split(", ")
+
+
+def test_train_writes_result_and_config_paths_resolve_from_anywhere(tmp_path, monkeypatch):
+  out = attnlab("train", f"--config={TOY}:8", f"--workdir={tmp_path}", "--config.train.seeds=(0,1,2)",
+                cwd=tmp_path)
+  assert out.returncode == 0, out.stderr[-3000:]
+  result = json.loads((tmp_path / "result.json").read_text())
+  assert result["seeds"] == [0, 1, 2] and len(result["metrics"]["test"]["accuracy"]["per_seed"]) == 3
+  assert "test: " in out.stdout
+  monkeypatch.chdir(tmp_path)
+  assert config_lib.resolve_path("configs/sweeps/smoke.py") == SMOKE  # from any cwd
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", f"--config={TOY}", "--workdir=W", "--config.train.sead=3"],
+     "unknown key 'train.sead'.*valid: .*seeds.*steps"),
+    (["train", f"--config={TOY}", "--workdir=W", "--config.train.steps=many"], "train.steps"),
+    (["train", f"--config={TOY}", "--workdir=W", "--config.optim.name=adagrad"], "adam, adamw, sgd"),
+    (["train", "--config=configs/nope.py", "--workdir=W"], "config file 'configs/nope.py' not found"),
+    (["fly"], "unknown or missing command 'fly'"),
+    (["sweep", f"--config={SMOKE}", "--workdir=W", "--shard=3/2"], "--shard '3/2'"),
+])
+def test_bad_input_gives_a_clear_error(args, message, tmp_path):
+  args = [a.replace("=W", f"={tmp_path / 'w'}") for a in args]
+  out = attnlab(*args, timeout=120)
+  assert out.returncode == 2, (out.stdout, out.stderr[-2000:])
+  assert "Traceback" not in out.stderr
+  import re
+  assert re.search(message, out.stderr), out.stderr[-2000:]
+  assert not (tmp_path / "w" / "result.json").exists()
+
+
+def test_sweep_killed_after_first_line_then_resumed(tmp_path):
+  workdir = tmp_path / "sweep"
+  args = ["sweep", f"--config={SMOKE}:tiny", f"--workdir={workdir}", "--noprogress", "--noplots"]
+  proc = subprocess.Popen([sys.executable, "-m", "attnlab.cli", *args], cwd=REPO,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  res = workdir / "results.jsonl"
+  deadline = time.time() + 200
+  while time.time() < deadline and proc.poll() is None:
+    if res.exists() and res.read_text().count("\n") >= 1:
+      break
+    time.sleep(0.02)
+  if proc.poll() is not None:
+    pytest.fail(f"sweep ended before it could be killed: {proc.stderr.read()[-2000:]}")
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  proc.stderr.close()
+  first = results.read_lines(res)
+  assert len(first) >= 1
+  out = attnlab(*args, timeout=240)
+  assert out.returncode == 0, out.stderr[-3000:]
+  runs = sweep.expand(config_lib.load_file(str(SMOKE), "tiny"))
+  assert len(runs) >= 2
+  want = {(results.canonical(r.point), s) for r in runs for s in runs[0].config.train.seeds}
+  lines = (workdir / "results.jsonl").read_text().splitlines()
+  counts = collections.Counter(results.key(json.loads(l)) for l in lines)
+  assert set(counts) == want and set(counts.values()) == {1}  # every (run, seed) exactly once
+  assert all(r in [json.loads(l) for l in lines] for r in first)  # nothing lost or rewritten
+  assert "| task | variant |" in out.stdout and (workdir / "report.md").exists()

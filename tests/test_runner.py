@@ -1,0 +1,287 @@
+"""Runner tests: vmapped seeds, resume, early stopping, data parallelism, sweeps, results, report."""
+
+import json
+import math
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from attnlab import checkpoints, config as config_lib, report, results, sweep, train
+
+HERE = pathlib.Path(__file__).resolve().parent
+TOY = str(HERE / "runner_toy.py")
+
+
+def toy_config(steps=None, **train_fields):
+  c = config_lib.load_file(TOY, None if steps is None else str(steps))
+  for k, v in train_fields.items():
+    c.train[k] = v
+  return c
+
+
+def per_seed(result, split, metric):
+  return np.asarray(result["metrics"][split][metric]["per_seed"])
+
+
+@pytest.fixture(scope="module")
+def two_seed_run(tmp_path_factory):
+  d = tmp_path_factory.mktemp("two_seeds")
+  return train.train_and_evaluate(toy_config(), str(d)), d
+
+
+def test_result_and_metrics_files(two_seed_run):
+  result, d = two_seed_run
+  for split in ("val", "test"):
+    for metric in ("loss", "accuracy"):
+      entry = result["metrics"][split][metric]
+      v = np.asarray(entry["per_seed"])
+      assert v.shape == (2,)
+      np.testing.assert_allclose(entry["mean"], v.mean(), rtol=1e-12)
+      np.testing.assert_allclose(entry["std"], v.std(ddof=1), rtol=1e-12)
+  acc = per_seed(result, "test", "accuracy")
+  assert np.all((acc >= 0) & (acc <= 1)) and acc.mean() > 0.6  # learnable: well above chance
+  lines = [json.loads(l) for l in (d / "metrics.jsonl").read_text().splitlines()]
+  train_steps = [l["step"] for l in lines if l["split"] == "train"]
+  assert train_steps == list(range(1, 25))
+  assert [l["step"] for l in lines if l["split"] == "val"] == [8, 16, 24]
+  last_val = [l for l in lines if l["split"] == "val"][-1]
+  np.testing.assert_allclose(last_val["accuracy"], per_seed(result, "val", "accuracy"), rtol=1e-6)
+  with np.load(d / "attention.npz") as z:  # [H, Lq, Lk] rows of attention weights sum to one
+    w = z[z.files[0]]
+  assert w.shape == (2, 6, 6)
+  np.testing.assert_allclose(w.sum(-1), 1.0, rtol=1e-5)
+
+
+def test_vmapped_seeds_equal_separate_runs(two_seed_run, tmp_path):
+  together, _ = two_seed_run
+  for i, seed in enumerate((0, 1)):
+    alone = train.train_and_evaluate(toy_config(seeds=(seed,)), str(tmp_path / f"s{seed}"))
+    for split in ("val", "test"):
+      for metric in ("loss", "accuracy"):
+        np.testing.assert_allclose(per_seed(alone, split, metric)[0], per_seed(together, split, metric)[i],
+                                   rtol=2e-5, atol=1e-6)
+
+
+def test_resume_after_crash_equals_uninterrupted(two_seed_run, tmp_path, monkeypatch):
+  uninterrupted, _ = two_seed_run
+  real_save = checkpoints.save
+
+  def crash_after_first(directory, step, tree):
+    real_save(directory, step, tree)
+    raise KeyboardInterrupt("simulated kill after the step-8 checkpoint")
+
+  monkeypatch.setattr(checkpoints, "save", crash_after_first)
+  with pytest.raises(KeyboardInterrupt):
+    train.train_and_evaluate(toy_config(), str(tmp_path))
+  assert checkpoints.latest_step(tmp_path / "checkpoints") == 8
+  monkeypatch.setattr(checkpoints, "save", real_save)
+  resumed = train.train_and_evaluate(toy_config(), str(tmp_path))
+  for split in ("val", "test"):
+    np.testing.assert_allclose(per_seed(resumed, split, "loss"), per_seed(uninterrupted, split, "loss"),
+                               rtol=1e-5)
+  steps = [json.loads(l)["step"] for l in (tmp_path / "metrics.jsonl").read_text().splitlines()
+           if json.loads(l)["split"] == "train"]
+  assert steps == list(range(1, 25))  # no duplicated lines after the resume
+
+
+def test_early_stopping_keeps_each_seeds_best_val_state(tmp_path):
+  cfg = toy_config(48, eval_every=2, checkpoint_every=0)
+  cfg.train.early_stopping.patience = 2
+  cfg.train.early_stopping.metrics = "loss"
+  cfg.optim.learning_rate = 0.3  # noisy enough that val loss stops improving for some seed
+  result = train.train_and_evaluate(cfg, str(tmp_path))
+  vals = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  vals = [v for v in vals if v["split"] == "val"]
+  for i in range(2):
+    stop = result["stopped_at"][i]
+    logged = [(v["step"], v["loss"][i]) for v in vals if v["step"] <= stop]
+    best_step, best_loss = min(logged, key=lambda t: (t[1], -t[0]))  # ties: the later one (<=)
+    assert result["best_step"][i] == best_step
+    np.testing.assert_allclose(per_seed(result, "val", "loss")[i], best_loss, rtol=1e-6)
+    if stop < 48:  # patience 2: the last two evaluations did not improve on the best
+      assert stop - best_step == 2 * 2
+  assert min(result["stopped_at"]) < 48
+
+
+def test_workdir_with_other_config_is_refused(two_seed_run):
+  _, d = two_seed_run
+  before = (d / "result.json").read_bytes()
+  with pytest.raises(ValueError, match="optim.learning_rate"):
+    cfg = toy_config()
+    cfg.optim.learning_rate = 0.5
+    train.train_and_evaluate(cfg, str(d))
+  assert (d / "result.json").read_bytes() == before
+
+
+def test_data_parallel_four_devices_equal_one(two_seed_run, tmp_path):
+  one_device, _ = two_seed_run
+  code = f"""
+import json
+import jax
+from attnlab import config, parallel, train
+assert jax.device_count() == 4, jax.devices()
+b = parallel.shard_batch({{"x": __import__("numpy").zeros((2, 16, 3))}}, parallel.make_mesh(), 1)
+print("SHARDS", len(b["x"].addressable_shards), b["x"].addressable_shards[0].data.shape)
+r = train.train_and_evaluate(config.load_file({TOY!r}), {str(tmp_path)!r})
+print("RESULT", json.dumps(r))
+"""
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+  out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=240,
+                       cwd=HERE.parent)
+  assert out.returncode == 0, out.stderr[-3000:]
+  shards = next(l for l in out.stdout.splitlines() if l.startswith("SHARDS")).split(" ", 1)[1]
+  assert shards == "4 (2, 4, 3)"  # the example axis is split over the 4 devices
+  four = json.loads(next(l for l in out.stdout.splitlines() if l.startswith("RESULT"))[7:])
+  assert four["devices"] == 4 and one_device["devices"] == 1
+  for split in ("val", "test"):
+    for metric in ("loss", "accuracy"):
+      np.testing.assert_allclose(per_seed(four, split, metric), per_seed(one_device, split, metric),
+                                 rtol=1e-4, atol=1e-6)
+
+
+# --- sweeps -----------------------------------------------------------------------------------
+
+def toy_sweep(name="toy", steps=8, widths=(4, 8)):
+  import ml_collections
+  c = ml_collections.ConfigDict()
+  c.name = name
+  c.seeds = (0, 1)
+  c.overrides = {"train": {"steps": steps, "eval_every": 4, "checkpoint_every": 0,
+                           "attention_maps": False}}
+  c.grids = [{"group": "width", "config": TOY, "axes": {"model.options.d_model": list(widths)}},
+             {"group": "score", "config": TOY, "fixed": {"model.options.d_model": 4},
+              "axes": {"model.options.score": ["dot", "additive"]}}]
+  return c
+
+
+def test_expand_is_a_union_of_sub_grids():
+  runs = sweep.expand(toy_sweep(widths=(4, 8, 16)))
+  assert [r.point for r in runs] == [
+      {"group": "width", "task": "runner_toy", "model.options.d_model": 4},
+      {"group": "width", "task": "runner_toy", "model.options.d_model": 8},
+      {"group": "width", "task": "runner_toy", "model.options.d_model": 16},
+      {"group": "score", "task": "runner_toy", "model.options.d_model": 4, "model.options.score": "dot"},
+      {"group": "score", "task": "runner_toy", "model.options.d_model": 4,
+       "model.options.score": "additive"}]
+  assert runs[4].config.model.options.score == "additive" and runs[4].config.train.seeds == (0, 1)
+  assert runs[2].config.train.steps == 8
+
+
+def test_shards_union_to_the_full_sweep(tmp_path):
+  s = toy_sweep()
+  for i in range(2):
+    counts = sweep.run_sweep(s, str(tmp_path), shard=(i, 2), progress=False)
+    assert counts["runs"] == 2
+  recs = results.read_lines(tmp_path / "results.jsonl")
+  got = sorted(results.key(r) for r in recs)
+  want = sorted((results.canonical(r.point), seed) for r in sweep.expand(s) for seed in (0, 1))
+  assert got == want
+  again = sweep.run_sweep(s, str(tmp_path), progress=False)  # everything done: nothing retrained
+  assert again == {"runs": 4, "trained": 0, "skipped": 4}
+  assert len(results.read_lines(tmp_path / "results.jsonl")) == 8
+  # a run whose result.json exists but whose lines are missing is recorded without retraining
+  text = (tmp_path / "results.jsonl").read_text().splitlines(keepends=True)
+  (tmp_path / "results.jsonl").write_text("".join(text[:-1]))
+  assert sweep.run_sweep(s, str(tmp_path), progress=False)["trained"] == 1
+  assert sorted(results.key(r) for r in results.read_lines(tmp_path / "results.jsonl")) == want
+
+
+def test_sweep_workdir_of_another_sweep_is_refused(tmp_path):
+  s = toy_sweep(steps=4, widths=(4,))
+  s.grids = s.grids[:1]
+  sweep.run_sweep(s, str(tmp_path), progress=False)
+  before = {p: p.read_bytes() for p in tmp_path.glob("*.json*")}
+  with pytest.raises(ValueError, match="different sweep config"):
+    other = toy_sweep(steps=5, widths=(4,))
+    other.grids = other.grids[:1]
+    sweep.run_sweep(other, str(tmp_path), progress=False)
+  assert before == {p: p.read_bytes() for p in tmp_path.glob("*.json*")}
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("model.options.score", "dott", "unknown score 'dott'"),
+    ("model.options.widht", 3, "unknown key 'model.options.widht'"),
+])
+def test_sweep_bad_names(field, value, match):
+  s = toy_sweep()
+  s.grids = [{"group": "g", "config": TOY, "axes": {field: [value]}}]
+  with pytest.raises(ValueError, match=match):
+    sweep.expand(s)
+
+
+def test_unknown_task_and_model_names(tmp_path):
+  cfg = toy_config()
+  cfg.task.name = "no_such_task"
+  with pytest.raises(ValueError, match="unknown task 'no_such_task'.*runner_toy"):
+    train.train_and_evaluate(cfg, str(tmp_path / "a"))
+  cfg = toy_config()
+  cfg.model.options.d_model = 8
+  with cfg.unlocked():
+    cfg.model.options.widht = 3
+  with pytest.raises(ValueError, match="unknown model.options 'widht'.*d_model"):
+    train.train_and_evaluate(cfg, str(tmp_path / "b"))
+
+
+def test_config_schema_errors():
+  cfg = toy_config()
+  with pytest.raises(AttributeError):
+    cfg.train.sead = 3  # locked: no new keys
+  with pytest.raises(TypeError):
+    cfg.train.steps = "many"
+  with pytest.raises(ValueError, match="unknown key 'train.sead'.*valid: .*steps"):
+    config_lib.check_key(cfg, "train.sead")
+  cfg = toy_config()
+  cfg.optim.name = "adagrad"
+  with pytest.raises(ValueError, match="optim.name='adagrad'.*adam, adamw, sgd"):
+    config_lib.validate(cfg)
+
+
+def test_default_sweep_expands_over_the_four_tasks():
+  runs = sweep.expand(config_lib.load_file(str(sweep.DEFAULT)))
+  assert {r.point["task"] for r in runs} == {"assoc_recall", "reverse", "digits", "karate"}
+  assert {r.point["group"] for r in runs} >= {"score", "source", "target", "heads", "graph"}
+  assert all(r.config.train.seeds == (0, 1, 2) for r in runs)
+
+
+# --- results and statistics ---------------------------------------------------------------------
+
+def test_t_quantile_closed_forms():
+  for p in (0.9, 0.975, 0.995):
+    np.testing.assert_allclose(results.t_quantile(p, 1), math.tan(math.pi * (p - 0.5)), rtol=1e-9)
+    np.testing.assert_allclose(results.t_quantile(p, 2), (2 * p - 1) / math.sqrt(2 * p * (1 - p)),
+                               rtol=1e-9)
+
+
+def test_append_line_survives_a_torn_line(tmp_path):
+  path = tmp_path / "r.jsonl"
+  results.append_line(path, {"run": {"a": 1}, "seed": 0})
+  with open(path, "a") as f:
+    f.write('{"run": {"a": 2}, "se')  # a machine crash mid-line
+  results.append_line(path, {"run": {"a": 3}, "seed": 1})
+  with pytest.warns(UserWarning, match="incomplete line"):
+    recs = results.read_lines(path)
+  assert [r["run"]["a"] for r in recs] == [1, 3]
+
+
+def test_report_renders_from_a_results_file(tmp_path):
+  rng = np.random.default_rng(0)
+  accs = {"dot": [0.91, 0.93, 0.92], "additive": [0.90, 0.94, 0.91], "concat": [0.50, 0.52, 0.49]}
+  for variant, values in accs.items():
+    for seed, v in enumerate(values):
+      results.append_line(tmp_path / "results.jsonl", {
+          "run": {"group": "score", "task": "toy", "model.options.score": variant}, "seed": seed,
+          "metrics": {"val": {"accuracy": v + rng.normal() * 0.01}, "test": {"accuracy": v}}})
+  text = report.write(str(tmp_path), plots=True)
+  assert (tmp_path / "report.md").read_text() == text
+  row = next(l for l in text.splitlines() if "| score=dot |" in l)
+  v = np.asarray(accs["dot"])
+  half = 4.302652729911275 * v.std(ddof=1) / math.sqrt(3)  # t_{0.975, 2}
+  assert f"{100 * v.mean():.1f} ± {100 * half:.1f}" in row and "★" in row
+  assert "≈" in next(l for l in text.splitlines() if "| score=additive |" in l)
+  concat = next(l for l in text.splitlines() if "| score=concat |" in l)
+  assert "★" not in concat and "≈" not in concat
+  assert (tmp_path / "plots" / "score.png").stat().st_size > 1000
