@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 
-from attnlab import attention_maps
 
 
 def _plt() -> Any:
@@ -110,11 +109,20 @@ def _first_map(run_dir: pathlib.Path | None) -> np.ndarray | None:
       base = edges[0][: -len("/edges")]
       e, a = z[f"{base}/edges"], z[f"{base}/alpha"]
       n = min(34, int(e.max()) + 1)
-      return attention_maps.dense_graph_map(e, a, n).mean(0)
+      return dense_graph_map(e, a, n).mean(0)
     if not names:
       return None
     w = z[names[0]]
   return w.mean(0) if w.ndim == 3 else (w if w.ndim == 2 else None)
+
+
+def dense_graph_map(edges: np.ndarray, alpha: np.ndarray, n: int) -> np.ndarray:
+  """Edge weights (edges [2, E] source→target, alpha [E, H]) -> [H, n, n]: row = target node."""
+  out = np.zeros((alpha.shape[-1], n, n), np.float32)
+  src, dst = edges
+  keep = (src < n) & (dst < n)
+  out[:, dst[keep], src[keep]] = alpha[keep].T
+  return out
 
 
 def _save(plt: Any, fig: Any, path: pathlib.Path) -> pathlib.Path:

@@ -27,8 +27,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
+from flax import nnx
 
-from attnlab import checkpoints, parallel, registry, steps
+from attnlab import checkpoints, models, parallel, registry, steps
 from attnlab import config as config_lib
 from attnlab.results import atomic_write_json, read_json, summarize
 
@@ -247,11 +248,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 def _save_attention(prog: steps.Programs, params: Any, rest: Any, task: Any, data: _Data,
                     workdir: pathlib.Path) -> None:
   """Attention weights of the first val example of seed 0 -> attention.npz (if the model sows them)."""
-  from attnlab import attention_maps  # pylint: disable=g-import-not-at-top
   one = jax.tree.map(lambda x: x[0], (params, rest))
   batch = {k: np.asarray(v)[0] for k, v in data.eval["val"].items()}
   if not data.eval_shared:
     batch = {k: v[0] for k, v in batch.items()}
-  maps = attention_maps.capture(prog.graphdef, *one, batch, task.family)
+  maps = models.attention_maps(nnx.merge(prog.graphdef, *one, copy=True), batch)
   if maps:
     np.savez_compressed(workdir / "attention.npz", **maps)

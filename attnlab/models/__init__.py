@@ -1,0 +1,56 @@
+"""The model zoo: every model takes its attention category purely from its options.
+
+| name          | family          | file            | what                                              |
+|---------------|-----------------|-----------------|---------------------------------------------------|
+| `encoder`     | classifier      | classifier.py   | Transformer encoder, mean or CLS pooling           |
+| `glimpse`     | classifier      | glimpse.py      | learned/recurrent query over image regions, soft/hard |
+| `seq2seq`     | seq2seq         | seq2seq.py      | encoder–decoder Transformer (or prefix decoder)   |
+| `gru_seq2seq` | seq2seq         | rnn_seq2seq.py  | GRU encoder–decoder, Bahdanau or Luong attention  |
+| `lm`          | lm              | lm.py           | decoder-only causal Transformer                   |
+| `gat`         | node_classifier | gat.py          | 2-layer GAT (Veličković et al. 2018)              |
+
+Build one with ``registry.get("model", name)(spec=task.spec, rngs=nnx.Rngs(0, dropout=1,
+attention=2), **options)`` and call ``model(batch, train=...) -> (logits, aux)``.
+``attention_maps(model, batch)`` returns one example's attention weights for plots.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+
+from attnlab.models import classifier, gat, glimpse, lm, rnn_seq2seq, seq2seq  # noqa: F401 (register)
+from attnlab.models._common import Baseline, register_model, sowing
+
+__all__ = ["attention_maps", "Baseline", "register_model", "sowing"]
+_WEIGHTS = "attention_weights"
+
+
+def attention_maps(model: nnx.Module, batch: dict[str, Any], *, example: int = 0) -> dict[str, np.ndarray]:
+  """Attention weights of one example, keyed by the attention layer's path in the model.
+
+  Runs ``model(batch[example:example+1], train=False)`` (the whole graph for node classifiers)
+  with sowing on and returns NumPy arrays: ``[H, Lq, Lk]`` for sequence attention (a layer that
+  attends several times, e.g. recurrent glimpses, has its calls concatenated along Lq); for graph
+  layers ``<path>/edges`` [2, E] (source, target; self loops included) and ``<path>/alpha`` [E, H].
+  """
+  if getattr(model, "family", None) != "node_classifier":
+    batch = {k: np.asarray(v)[example:example + 1] for k, v in batch.items()}
+  with sowing():
+    _, sown = nnx.capture(lambda m: m(batch, train=False), nnx.Intermediate)(model)
+  calls: dict[str, list] = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(sown))[0]:
+    keys = [str(getattr(p, "key", getattr(p, "idx", p))) for p in path]
+    cut = keys.index(_WEIGHTS)  # [..layer path.., attention_weights, call index, (edges|alpha)]
+    name = "/".join(keys[:cut] + keys[cut + 2:])
+    calls.setdefault(name, []).append(np.asarray(leaf))
+  out = {}
+  for name, values in calls.items():
+    if values[0].ndim == 4:  # [1, H, Lq, Lk] per call
+      out[name] = np.concatenate([v[0] for v in values], axis=-2)  # [H, ΣLq, Lk]
+    else:
+      out[name] = values[0]
+  return out

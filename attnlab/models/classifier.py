@@ -1,0 +1,68 @@
+"""``encoder``: Transformer encoder classifier (self-attention), family ``classifier``.
+
+    tokens [B, L] (Embed) or features [B, L, F] (Dense)  ->  + learned positions  -> [B, L, d]
+    [CLS] prepended when pooling="cls"                                             -> [B, 1+L, d]
+    num_layers x Block(self-attention over non-PAD keys)                           -> [B, L', d]
+    pool: mean over non-PAD positions, or the CLS position                         -> [B, d]
+    Dense                                                                          -> logits [B, C]
+
+The attention category comes from the options (score, normalizer, target, num_heads, head_mode,
+head_merge, num_kv_heads). With target="hard", ``aux`` holds ``log_prob`` and ``entropy`` [B]
+(summed over layers, heads and non-PAD queries) and losses adds the REINFORCE term.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from attnlab.models import _common
+from attnlab.models.transformer import Embedder, Stack, transformer_options
+
+POOLINGS = ("mean", "cls")
+
+
+@_common.register_model("encoder")
+class EncoderClassifier(nnx.Module):
+  family = "classifier"
+  supports = {"score": "any", "normalizer": "any", "target": "any", "head_mode": ("split", "copy"),
+              "head_merge": ("concat", "mean"), "pooling": POOLINGS}
+
+  def __init__(self, *, spec: dict, rngs: nnx.Rngs, d_model: int = 64, num_heads: int = 4,
+               num_layers: int = 2, mlp_dim: int | None = None, score: str = "scaled_dot",
+               normalizer: str = "softmax", target: str = "soft", head_mode: str = "split",
+               head_merge: str = "concat", num_kv_heads: int | None = None,
+               dropout_rate: float = 0.0, pooling: str = "mean", entropy_bonus: float = 0.01,
+               baseline_decay: float = 0.9):
+    _common.check_spec(self.name, spec, "num_classes", "seq_len")
+    self.pooling = _common.check_choice(self.name, "pooling", pooling, POOLINGS)
+    opts = transformer_options(self.name, d_model=d_model, num_heads=num_heads,
+                               num_layers=num_layers, mlp_dim=mlp_dim, score=score,
+                               normalizer=normalizer, target=target, head_mode=head_mode,
+                               head_merge=head_merge, num_kv_heads=num_kv_heads,
+                               dropout_rate=dropout_rate)
+    extra = 1 if pooling == "cls" else 0
+    self.embed = Embedder(d_model, spec["seq_len"] + extra, vocab_size=spec.get("vocab_size"),
+                          input_dim=None if "vocab_size" in spec else spec["input_dim"], rngs=rngs)
+    self.cls = nnx.Param(jnp.zeros((1, 1, d_model))) if pooling == "cls" else nnx.data(None)
+    self.encoder = Stack(rngs=rngs, **opts)
+    self.head = nnx.Linear(d_model, spec["num_classes"], rngs=rngs)
+    _common.reinforce_state(self, target, entropy_bonus, baseline_decay)
+
+  def __call__(self, batch: dict, *, train: bool) -> tuple[jax.Array, dict]:
+    x = jnp.asarray(batch["inputs"])  # [B, L] int or [B, L, F] float
+    h, valid = self.embed(x, offset=1 if self.cls is not None else 0)  # [B, L, d], [B, L]
+    if self.cls is not None:
+      cls = self.cls[...] + self.embed.pos(jnp.arange(1))[None]  # [1, 1, d] at position 0
+      cls = jnp.broadcast_to(cls, (h.shape[0],) + cls.shape[1:])  # [B, 1, d]
+      h = jnp.concatenate([cls, h], axis=1)  # [B, 1+L, d]
+      valid = jnp.concatenate([jnp.ones_like(valid[:, :1]), valid], axis=1)  # [B, 1+L]
+    mask = valid[:, None, None, :]  # [B, 1, 1, L'] keys that may be attended
+    h, aux = self.encoder(h, mask=mask, query_mask=valid, train=train)  # [B, L', d]
+    if self.cls is not None:
+      pooled = h[:, 0]  # [B, d]
+    else:
+      w = valid.astype(h.dtype)[..., None]  # [B, L, 1]
+      pooled = jnp.sum(h * w, axis=1) / jnp.maximum(jnp.sum(w, axis=1), 1.0)  # [B, d]
+    return self.head(pooled), aux  # [B, C]

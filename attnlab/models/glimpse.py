@@ -1,0 +1,80 @@
+"""``glimpse``: a glimpse classifier that looks at image regions with a query, family ``classifier``.
+
+Regions are the task's sequence items: the 8x8 digits as 8 pixel rows, or p x p patches
+(``digits`` knob layout), or tokens. A query cross-attends over the regions (Show, Attend and
+Tell's setting, Xu et al. 2015):
+
+    regions [B, L, F] -> Dense + learned positions, LayerNorm            -> R [B, L, d]
+    query="learned":   G learned queries [G, d], one attention call     -> c [B, G, d] -> Dense -> [B, d]
+    query="recurrent": s_0 learned; for g < G: c_g = attn(s_{g-1}, R); s_g = GRU(s_{g-1}, c_g) -> s_G
+    ReLU, Dense                                                            -> logits [B, C]
+
+``target="soft"`` takes the expectation over regions; ``target="hard"`` samples ONE region per
+glimpse and head (REINFORCE with a moving-average baseline and an entropy bonus, in
+``attnlab.losses``; ``aux`` holds ``log_prob`` and ``entropy`` [B]); ``hard_st`` is the Gumbel
+straight-through alternative.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from attnlab.models import _common
+from attnlab.models.transformer import Embedder, attend, attention_layer
+
+QUERIES = ("learned", "recurrent")
+
+
+@_common.register_model("glimpse")
+class GlimpseClassifier(nnx.Module):
+  family = "classifier"
+  supports = {"score": "any", "normalizer": "any", "target": ("soft", "hard", "hard_st"),
+              "query": QUERIES, "head_mode": ("split", "copy"), "head_merge": ("concat", "mean")}
+
+  def __init__(self, *, spec: dict, rngs: nnx.Rngs, d_model: int = 64, num_heads: int = 1,
+               num_glimpses: int = 1, query: str = "learned", score: str = "scaled_dot",
+               normalizer: str = "softmax", target: str = "soft", head_mode: str = "split",
+               head_merge: str = "concat", num_kv_heads: int | None = None,
+               dropout_rate: float = 0.0, entropy_bonus: float = 0.01, baseline_decay: float = 0.9):
+    _common.check_spec(self.name, spec, "num_classes", "seq_len")
+    self.query = _common.check_choice(self.name, "query", query, QUERIES)
+    if isinstance(num_glimpses, bool) or not isinstance(num_glimpses, int) or num_glimpses < 1:
+      raise ValueError(f"model {self.name!r}: num_glimpses must be a positive int, got {num_glimpses!r}")
+    self.num_glimpses, d = num_glimpses, d_model
+    self.regions = Embedder(d, spec["seq_len"], vocab_size=spec.get("vocab_size"),
+                            input_dim=None if "vocab_size" in spec else spec["input_dim"], rngs=rngs)
+    self.ln = nnx.LayerNorm(d, rngs=rngs)
+    self.attn = attention_layer(d, num_heads=num_heads, score=score, normalizer=normalizer,
+                                target=target, head_mode=head_mode, head_merge=head_merge,
+                                num_kv_heads=num_kv_heads, dropout_rate=dropout_rate, rngs=rngs)
+    init = nnx.initializers.normal(1.0)
+    if query == "learned":
+      self.queries = nnx.Param(init(rngs.params(), (num_glimpses, d)))  # [G, d]
+      self.merge = nnx.Linear(num_glimpses * d, d, rngs=rngs)
+      self.cell = nnx.data(None)
+    else:
+      self.queries = nnx.Param(init(rngs.params(), (1, d)))  # s_0 [1, d]
+      self.merge = nnx.data(None)
+      self.cell = nnx.GRUCell(d, d, rngs=rngs)
+    self.head = nnx.Linear(d, spec["num_classes"], rngs=rngs)
+    _common.reinforce_state(self, target, entropy_bonus, baseline_decay)
+
+  def __call__(self, batch: dict, *, train: bool) -> tuple[jax.Array, dict]:
+    x = jnp.asarray(batch["inputs"])  # [B, L, F] (or tokens [B, L])
+    r, valid = self.regions(x)  # [B, L, d], [B, L]
+    r = self.ln(r)
+    mask = valid[:, None, None, :]  # [B, 1, 1, L]
+    b, d = r.shape[0], r.shape[-1]
+    if self.query == "learned":
+      q = jnp.broadcast_to(self.queries[...], (b,) + self.queries.shape)  # [B, G, d]
+      c, aux = attend(self.attn, q, r, mask=mask, train=train)  # [B, G, d]
+      feature = self.merge(c.reshape(b, -1))  # [B, d]
+    else:
+      s, aux = jnp.broadcast_to(self.queries[...], (b, d)), {}  # [B, d]
+      for _ in range(self.num_glimpses):
+        c, a = attend(self.attn, s[:, None], r, mask=mask, train=train)  # [B, 1, d]
+        s, aux = self.cell(s, c[:, 0])[0], _common.add_aux(aux, a)  # [B, d]
+      feature = s
+    return self.head(nnx.relu(feature)), aux  # [B, C]

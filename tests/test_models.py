@@ -1,0 +1,329 @@
+"""Tests of the model zoo (attnlab.models) and the shared objective (attnlab.losses)."""
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from attnlab import kernels, losses, registry
+from attnlab.models import attention_maps
+
+# ------------------------------------------------------------------------------- tiny tasks ---
+
+_R = np.random.default_rng(0)
+B = 8
+
+
+def _reverse_batch():
+  src = _R.integers(2, 8, size=(B, 5)).astype(np.int32)
+  src[:2, 4] = 0  # two shorter sources (PAD at the end)
+  lengths = (src != 0).sum(1)
+  tgt = np.zeros_like(src)
+  for i, n in enumerate(lengths):
+    tgt[i, :n] = src[i, :n][::-1]
+  return {"inputs": src, "targets": tgt}
+
+
+def _lm_batch():
+  x = np.zeros((B, 8), np.int32)
+  x[:, 0] = _R.integers(2, 12, size=B)
+  for t in range(1, 8):  # a deterministic next-token rule: 2 + (3 (x - 2) + 1) mod 10
+    x[:, t] = 2 + (3 * (x[:, t - 1] - 2) + 1) % 10
+  return {"inputs": x[:, :-1].copy(), "targets": x[:, 1:].copy()}
+
+
+def _graph_batch():
+  n = 10
+  ring = np.arange(n)
+  edges = np.concatenate([np.stack([ring, (ring + 1) % n]), np.stack([(ring + 1) % n, ring])], 1)
+  return {"features": _R.normal(size=(n, 6)).astype(np.float32), "edges": edges.astype(np.int32),
+          "labels": np.repeat(np.arange(3), [3, 3, 4]).astype(np.int32),  # homophilous segments
+          "mask": np.ones(n, bool)}
+
+
+TASKS = {  # family, spec, batch
+    "tokens": ("classifier", {"vocab_size": 10, "seq_len": 6, "num_classes": 3},
+               {"inputs": _R.integers(2, 10, size=(B, 6)).astype(np.int32),
+                "label": _R.integers(0, 3, size=B).astype(np.int32)}),
+    "regions": ("classifier", {"input_dim": 6, "seq_len": 4, "num_classes": 3},
+                {"inputs": _R.normal(size=(B, 4, 6)).astype(np.float32),
+                 "label": _R.integers(0, 3, size=B).astype(np.int32)}),
+    "reverse": ("seq2seq", {"vocab_size": 8, "seq_len": 5, "target_len": 5}, _reverse_batch()),
+    "lm": ("lm", {"vocab_size": 12, "seq_len": 7}, _lm_batch()),
+    "graph": ("node_classifier", {"num_features": 6, "num_classes": 3, "num_nodes": 10},
+              _graph_batch()),
+}
+TASKS["tokens"][2]["inputs"][:3, -1] = 0  # some PAD
+
+# Tiny programs: XLA's cheap optimisation level compiles several times faster (the file is
+# compile-bound).
+FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+TINY = {"d_model": 16, "num_heads": 2, "num_layers": 1, "mlp_dim": 32}
+# (model, task, options, steps, learning rate): every category each model supports.
+CASES = {
+    **{f"encoder-{s}": ("encoder", "tokens", {**TINY, "score": s}, 100, 1e-2)
+       for s in ("additive", "dot", "scaled_dot", "general", "concat")},
+    "encoder-copy-mean-cls": ("encoder", "tokens", {**TINY, "head_mode": "copy", "head_merge": "mean",
+                                                    "pooling": "cls"}, 100, 1e-2),
+    "encoder-features-gqa-sparsemax": ("encoder", "regions", {**TINY, "num_heads": 4, "num_kv_heads": 2,
+                                                              "normalizer": "sparsemax"}, 100, 1e-2),
+    "encoder-hard": ("encoder", "tokens", {**TINY, "target": "hard"}, 200, 1e-2),
+    "seq2seq-split": ("seq2seq", "reverse", TINY, 150, 1e-2),
+    "seq2seq-copy": ("seq2seq", "reverse", {**TINY, "head_mode": "copy"}, 150, 1e-2),
+    "seq2seq-self": ("seq2seq", "reverse", {**TINY, "source": "self", "score": "additive"}, 150, 1e-2),
+    "lm-split": ("lm", "lm", TINY, 100, 1e-2),
+    "lm-copy-general": ("lm", "lm", {**TINY, "head_mode": "copy", "score": "general"}, 100, 1e-2),
+    "gru-bahdanau-additive": ("gru_seq2seq", "reverse", {"d_model": 16, "style": "bahdanau",
+                                                         "score": "additive"}, 150, 1e-2),
+    **{f"gru-luong-{s}": ("gru_seq2seq", "reverse", {"d_model": 16, "style": "luong", "score": s},
+                          150, 1e-2) for s in ("dot", "general", "concat")},
+    "glimpse-soft": ("glimpse", "regions", {"d_model": 16}, 100, 1e-2),
+    "glimpse-hard": ("glimpse", "regions", {"d_model": 16, "target": "hard"}, 200, 1e-2),
+    "glimpse-recurrent-hard_st": ("glimpse", "regions", {"d_model": 16, "query": "recurrent",
+                                                         "num_glimpses": 2, "target": "hard_st"},
+                                  200, 1e-2),
+    **{f"gat-{s}": ("gat", "graph", {"hidden": 8, "num_heads": 2, "score": s, "dropout_rate": 0.0},
+                    100, 1e-2) for s in ("additive", "dot", "uniform")},
+}
+
+
+def _build(name, spec, options, seed=0):
+  return registry.get("model", name)(spec=spec, rngs=nnx.Rngs(seed, dropout=seed + 1,
+                                                             attention=seed + 2), **options)
+
+
+def _init(name, spec, options):
+  """(graphdef, params, rest) of a model initialised in one compiled program (eager init is slow)."""
+  holder = {}
+
+  def init():
+    graphdef, params, rest = nnx.split(_build(name, spec, options), nnx.Param, ...)
+    holder["graphdef"] = graphdef
+    return params, rest
+
+  params, rest = jax.jit(init, compiler_options=FAST_COMPILE)()
+  return holder["graphdef"], params, rest
+
+
+def _model(name, spec, options):
+  return nnx.merge(*_init(name, spec, options))
+
+
+def _overfit(name, task, options, steps, lr):
+  """Trains on one batch in one compiled program: eval-mode task loss before/after, outputs."""
+  family, spec, batch = TASKS[task]
+  graphdef, params, rest = _init(name, spec, options)
+  tx = optax.adam(lr)
+
+  def evaluate(p, r):  # eval-mode task loss and the model's outputs (logits, aux)
+    m = nnx.merge(graphdef, p, r, copy=True)
+    outputs = m(batch, train=False)
+    task_loss = losses.loss_and_metrics(lambda *a, **k: (outputs[0], {}), batch, family=family,
+                                        train=False)[1]["loss"]
+    return task_loss, outputs
+
+  def loss_fn(p, r):
+    m = nnx.merge(graphdef, p, r, copy=True)
+    loss, _ = losses.loss_and_metrics(m, batch, family=family, train=True)
+    return loss, nnx.state(m, nnx.Not(nnx.Param))
+
+  @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
+  def run(p, r):
+    before, outputs = evaluate(p, r)
+
+    def step(carry, _):
+      p, r, o = carry
+      g, r = jax.grad(loss_fn, has_aux=True)(p, r)
+      u, o = tx.update(g, o, p)
+      return (optax.apply_updates(p, u), r, o), None
+
+    (p, r, _), _ = jax.lax.scan(step, (p, r, tx.init(p)), None, length=steps)
+    return before, evaluate(p, r)[0], r, outputs
+
+  before, after, rest, outputs = run(params, rest)
+  return registry.get("model", name), family, spec, float(before), float(after), rest, outputs
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_overfits_one_batch_and_shapes(case):
+  name, task, options, steps, lr = CASES[case]
+  cls, family, spec, before, after, rest, (logits, aux) = _overfit(name, task, options, steps, lr)
+  assert cls.family == family
+  out = spec.get("num_classes", spec.get("vocab_size"))
+  expected = {"classifier": (B, out), "seq2seq": (B, 5, out), "lm": (B, 7, out),
+              "node_classifier": (10, out)}[family]
+  assert logits.shape == expected
+  if options.get("target") == "hard":
+    assert aux["log_prob"].shape == (B,) and aux["entropy"].shape == (B,)
+    assert np.asarray(nnx.to_pure_dict(rest)["baseline"])[1] > 0  # updated in training calls
+  else:
+    assert "log_prob" not in aux
+  print(f"{case}: {before:.3f} -> {after:.3f}")
+  assert np.isfinite(before) and np.isfinite(after)
+  assert after <= 0.1 * before, f"{case}: task loss {before:.3f} -> {after:.3f} (not 90% lower)"
+
+
+# ------------------------------------------------------------------------------- REINFORCE ---
+
+def test_reinforce_estimator_is_unbiased():
+  """E[∇ of the surrogate] over hard-attention samples = −∇ Σ_j α_j(θ) R(v_j) (enumeration)."""
+  n, lk, d = 20000, 4, 3
+  keys = jnp.asarray(_R.normal(size=(lk, d)), jnp.float32)  # [Lk, D]
+  values = jnp.asarray(_R.normal(size=(lk, 2)), jnp.float32)  # [Lk, 2]
+  goal = jnp.asarray([0.5, -1.0])
+  reward_of = lambda z: -jnp.sum((z - goal) ** 2, -1)  # [..., 2] -> [...]
+  theta = jnp.asarray([0.3, -0.2, 0.5])  # the query
+
+  def exact(q):  # plain enumeration over the categorical α = softmax(K q)
+    alpha = jax.nn.softmax(keys @ q)  # [Lk]
+    return jnp.sum(alpha * reward_of(values))
+
+  def sample(q):  # hard attention from the real kernel: rewards [N], log α_{j_i} [N]
+    z, aux = kernels.attention(
+        jnp.broadcast_to(q, (n, 1, 1, d)), jnp.broadcast_to(keys[:, None], (n, lk, 1, d)),
+        jnp.broadcast_to(values[:, None], (n, lk, 1, 2)), score="dot", target="hard",
+        rng=jax.random.key(7), return_aux=True)
+    return reward_of(z[:, 0, 0]), aux["log_prob"][:, 0, 0]
+
+  want = jax.grad(exact)(theta)
+  assert float(jnp.linalg.norm(want)) > 0.1
+  reward, _ = sample(theta)
+  jac = jax.jacfwd(lambda q: sample(q)[1])(theta)  # [N, D]: ∇ log α_{j_i} per sample
+  for baseline in (0.0, -2.0):
+    got = -jax.grad(lambda q: losses.reinforce_surrogate(sample(q)[1], sample(q)[0], baseline))(theta)
+    per_sample = (reward - baseline)[:, None] * jac  # [N, D]
+    chex.assert_trees_all_close(got, per_sample.mean(0), rtol=1e-4, atol=1e-5)
+    stderr = per_sample.std(0) / np.sqrt(n)
+    assert np.all(np.abs(np.asarray(got - want)) < 4.5 * np.asarray(stderr) + 1e-4), (got, want, stderr)
+  # the test can fail: without the score-function weighting the "gradient" is far off
+  biased = jnp.mean(jac, 0)
+  assert np.any(np.abs(np.asarray(biased - want)) > 10 * np.asarray(per_sample.std(0) / np.sqrt(n)))
+
+
+def test_loss_adds_reinforce_term_and_updates_baseline_only_in_training():
+  family, spec, batch = TASKS["regions"]
+  model = _model("glimpse", spec, {"d_model": 8, "target": "hard", "baseline_decay": 0.5})
+  assert model.baseline.value_now() == 0.0
+  loss, m = losses.loss_and_metrics(model, batch, family=family, train=True)
+  # first update: the bias-corrected average is exactly the batch-mean reward = −mean CE
+  np.testing.assert_allclose(model.baseline.value_now(), -m["loss"], rtol=1e-5)
+  np.testing.assert_allclose(loss, m["loss"] + m["reinforce"] - 0.01 * m["entropy"], rtol=1e-5)
+  assert m["baseline"] == 0.0 and m["entropy"] > 0
+  kept = np.asarray(model.baseline[...])
+  losses.loss_and_metrics(model, batch, family=family, train=False)
+  np.testing.assert_array_equal(model.baseline[...], kept)
+  assert not any("baseline" in path for path, _ in nnx.to_flat_state(nnx.state(model, nnx.Param)))
+
+
+# -------------------------------------------------------------------------------- losses ---
+
+class _Fixed:
+  """A stand-in model returning fixed logits (tests the objective alone)."""
+
+  def __init__(self, family, logits):
+    self.family, self.logits = family, jnp.asarray(logits)
+
+  def __call__(self, batch, *, train):
+    return self.logits, {}
+
+
+def _np_ce(logits, labels):
+  z = logits - logits.max(-1, keepdims=True)
+  logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+  return -np.take_along_axis(logp, labels[..., None], -1)[..., 0]
+
+
+def test_token_losses_mask_pad_against_numpy():
+  logits = _R.normal(size=(3, 4, 6)).astype(np.float32)
+  targets = np.array([[2, 3, 0, 0], [4, 5, 2, 3], [5, 0, 0, 0]], np.int32)
+  targets_right = targets.copy()
+  logits[1, :, :] = -5.0
+  logits[1, np.arange(4), targets[1]] = 5.0  # example 1 entirely right
+  for family in ("seq2seq", "lm"):
+    loss, m = losses.loss_and_metrics(_Fixed(family, logits), {"targets": targets_right},
+                                      family=family, train=False)
+    mask = targets != 0
+    np.testing.assert_allclose(loss, _np_ce(logits, targets)[mask].mean(), rtol=1e-5)
+    right = logits.argmax(-1) == targets
+    np.testing.assert_allclose(m["accuracy"], right[mask].mean(), rtol=1e-6)
+    if family == "seq2seq":
+      np.testing.assert_allclose(m["seq_accuracy"], np.mean([r[k].all() for r, k in zip(right, mask)]))
+
+
+def test_classifier_and_node_losses_against_numpy():
+  logits = _R.normal(size=(5, 3)).astype(np.float32)
+  labels = np.array([0, 2, 1, 1, 0], np.int32)
+  loss, m = losses.loss_and_metrics(_Fixed("classifier", logits), {"label": labels},
+                                    family="classifier", train=False)
+  np.testing.assert_allclose(loss, _np_ce(logits, labels).mean(), rtol=1e-5)
+  np.testing.assert_allclose(m["accuracy"], (logits.argmax(-1) == labels).mean())
+  mask = np.array([True, False, True, False, False])
+  loss, m = losses.loss_and_metrics(_Fixed("node_classifier", logits), {"labels": labels, "mask": mask},
+                                    family="node_classifier", train=False)
+  np.testing.assert_allclose(loss, _np_ce(logits, labels)[mask].mean(), rtol=1e-5)
+  np.testing.assert_allclose(m["accuracy"], (logits.argmax(-1) == labels)[mask].mean())
+  with pytest.raises(ValueError, match="family"):
+    losses.loss_and_metrics(_Fixed("classifier", logits), {}, family="regression", train=False)
+
+
+# ------------------------------------------------------------------------- attention maps ---
+
+def test_attention_maps_of_one_example():
+  family, spec, batch = TASKS["tokens"]
+  model = _model("encoder", spec, TINY)
+  maps = attention_maps(model, batch, example=0)
+  assert set(maps) == {"encoder/blocks/0/self_attn"}
+  w = maps["encoder/blocks/0/self_attn"]  # [H, L, L]
+  assert w.shape == (2, 6, 6)
+  valid = batch["inputs"][0] != 0
+  np.testing.assert_allclose(w.sum(-1), 1.0, rtol=1e-5)
+  np.testing.assert_array_equal(w[..., ~valid], 0.0)  # PAD keys get no weight
+  assert not nnx.state(model, nnx.Intermediate)  # nothing left behind in the model
+
+  family, spec, batch = TASKS["reverse"]
+  gru = _model("gru_seq2seq", spec, {"d_model": 8, "style": "bahdanau", "score": "additive"})
+  w = attention_maps(gru, batch, example=0)["attn"]  # [1, Lt, Ls]
+  assert w.shape == (1, 5, 5)
+  np.testing.assert_allclose(w.sum(-1), 1.0, rtol=1e-5)
+  np.testing.assert_array_equal(w[..., batch["inputs"][0] == 0], 0.0)
+
+  family, spec, batch = TASKS["regions"]
+  glimpse = _model("glimpse", spec, {"d_model": 8, "query": "recurrent", "num_glimpses": 3})
+  assert attention_maps(glimpse, batch)["attn"].shape == (1, 3, 4)  # one row per glimpse
+
+
+# --------------------------------------------------------------------------------- errors ---
+
+BAD = [
+    ("encoder", "tokens", {"d_model": 10, "num_heads": 4}, "num_heads"),
+    ("encoder", "tokens", {"head_mode": "shared"}, "head_mode"),
+    ("encoder", "tokens", {"num_heads": 4, "num_kv_heads": 3}, "num_kv_heads"),
+    ("seq2seq", "reverse", {"d_model": 12, "num_heads": 5}, "num_heads"),
+    ("lm", "lm", {"head_merge": "sum"}, "head_merge"),
+    ("glimpse", "regions", {"query": "random"}, "query"),
+    ("gru_seq2seq", "reverse", {"style": "vaswani"}, "style"),
+    ("seq2seq", "reverse", {"source": "both"}, "source"),
+    ("encoder", "tokens", {"pooling": "max"}, "pooling"),
+    ("encoder", "tokens", {"score": "dott"}, "score"),
+    ("gat", "graph", {"score": "cosine"}, "score"),
+    ("encoder", "tokens", {"widht": 3}, r"unknown option\(s\) 'widht'; valid options: d_model=64"),
+]
+
+
+@pytest.mark.parametrize("name,task,options,match", BAD)
+def test_bad_configuration_names_the_argument(name, task, options, match):
+  _, spec, _ = TASKS[task]
+  with pytest.raises((ValueError, TypeError), match=match):
+    _build(name, spec, {**({"d_model": 8} if name != "gat" else {}), **options})
+
+
+def test_registered_models_and_families():
+  fams = {n: registry.get("model", n).family for n in
+          ("encoder", "glimpse", "seq2seq", "gru_seq2seq", "lm", "gat")}
+  assert fams == {"encoder": "classifier", "glimpse": "classifier", "seq2seq": "seq2seq",
+                  "gru_seq2seq": "seq2seq", "lm": "lm", "gat": "node_classifier"}
