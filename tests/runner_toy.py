@@ -8,7 +8,7 @@ Model ``runner_toy_model``: Linear -> attnlab MultiHeadAttention (self) -> mean 
 import numpy as np
 from flax import nnx
 
-from attnlab import modules, registry
+from attnlab import models, modules, registry
 from attnlab.config import base_config
 from attnlab.data.base import Task, rng_for
 
@@ -38,7 +38,7 @@ class ToyModel(nnx.Module):
 
   def __call__(self, batch, *, train):
     h = self.embed(batch["inputs"])  # [B, L, D]
-    h = self.attn(h, deterministic=True).mean(1)  # [B, D]
+    h = self.attn(h, deterministic=True, sow_weights=models.sow_enabled()).mean(1)  # [B, D]
     return self.out(self.drop(h, deterministic=not train)), {}
 
 

@@ -23,9 +23,9 @@ import numpy as np
 from flax import nnx
 
 from attnlab.models import classifier, gat, glimpse, lm, rnn_seq2seq, seq2seq  # noqa: F401 (register)
-from attnlab.models._common import Baseline, register_model, sowing
+from attnlab.models._common import Baseline, register_model, sow_enabled, sowing
 
-__all__ = ["attention_maps", "Baseline", "register_model", "sowing"]
+__all__ = ["attention_maps", "Baseline", "register_model", "sow_enabled", "sowing"]
 _WEIGHTS = "attention_weights"
 
 
