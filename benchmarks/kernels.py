@@ -4,7 +4,8 @@
 
 For each N: d=64, 8 heads, fp32, ``--batch`` (``--large-batch`` from N ≥ ``--large-from``),
 forward and forward+backward (grad of sum(out · q) wrt q, k, v), median of ``--repeats`` timed runs
-after one warm-up. FLOPs: 4·B·H·N²·d forward, 3.5× that forward+backward (FlashAttention
+after one warm-up; the timed runs of one N go round-robin over all methods (the machine may be
+shared: a change of load then hits every method alike, and the ratios stay comparable). FLOPs: 4·B·H·N²·d forward, 3.5× that forward+backward (FlashAttention
 convention). Memory ("mem MB"): for JAX, the compiled program's arguments + outputs + temporaries
 (``memory_analysis``), i.e. the peak it allocates; for torch, "-" (not measured in-process). The
 ``--targets`` check runs each target config in a fresh subprocess and reports its peak RSS
@@ -15,7 +16,9 @@ exceed ``--max-dense-gb`` are skipped and marked "skip".
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -30,14 +33,18 @@ from attnlab import kernels
 D, H = 64, 8
 
 
-def _time(fn, args, repeats):
-  jax.block_until_ready(fn(*args))  # warm-up (and compile)
-  ts = []
+def _time_interleaved(jobs, repeats):
+  """Median seconds of each zero-argument callable; after one warm-up (and compile) each, the timed
+  runs go round-robin over all jobs, so that a change in machine load hits every method alike."""
+  for fn in jobs:
+    jax.block_until_ready(fn())
+  ts = [[] for _ in jobs]
   for _ in range(repeats):
-    t = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    ts.append(time.perf_counter() - t)
-  return float(np.median(ts))
+    for fn, t_list in zip(jobs, ts):
+      t = time.perf_counter()
+      jax.block_until_ready(fn())
+      t_list.append(time.perf_counter() - t)
+  return [float(np.median(t)) for t in ts]
 
 
 def _jax_mem(fn, args):
@@ -83,62 +90,60 @@ def _fwd_bwd(f):
   return jax.grad(lambda q, k, v: jnp.sum(f(q, k, v) * q), argnums=(0, 1, 2))
 
 
-def _torch_times(b, n, repeats):
+def _torch_jobs(b, n, threads):
+  """torch SDPA forward (no grad) and forward+backward as zero-argument callables."""
   import torch  # noqa: PLC0415
+  torch.set_num_threads(threads)
   g = torch.Generator().manual_seed(0)
   q, k, v = (torch.randn(b, H, n, D, generator=g) for _ in range(3))
   sdpa = torch.nn.functional.scaled_dot_product_attention
-
-  def run(fn):
-    fn()
-    ts = []
-    for _ in range(repeats):
-      t = time.perf_counter()
-      fn()
-      ts.append(time.perf_counter() - t)
-    return float(np.median(ts))
-
-  with torch.no_grad():
-    t_f = run(lambda: sdpa(q, k, v))
   qg, kg, vg = (x.clone().requires_grad_(True) for x in (q, k, v))
+
+  def fwd():
+    with torch.no_grad():
+      return sdpa(q, k, v)
 
   def fb():
     (sdpa(qg, kg, vg) * qg).sum().backward()
 
-  return t_f, run(fb)
+  return fwd, fb
 
 
-def bench_size(n, b, repeats, max_dense_gb, skip_additive_from):
+def bench_size(n, b, repeats, max_dense_gb, skip_additive_from, skip=(), torch_threads=1):
   key = jax.random.split(jax.random.key(0), 3)
   q, k, v = (jax.random.normal(kk, (b, n, H, D), jnp.float32) for kk in key)  # [B, N, H, D]
   ap = kernels.init_params("additive", jax.random.key(1), D)
-  rows = []
+  rows, jobs, timed = [], [], []
   for name, (f, dense_width) in _jax_methods(n, ap).items():
-    if name.startswith("additive") and n >= skip_additive_from:
+    if (name.startswith("additive") and n >= skip_additive_from) or name in skip:
       continue
     bb = 1 if name.startswith("additive") else b  # additive: batch 1 (the issue's setting)
     x = tuple(t[:bb] for t in (q, k, v))
     fl0 = 4 * bb * H * n * n * D
     dense_gb = dense_width * bb * H * n * n * 4 * 3 / 2**30  # scores/weights/grad copies
     for mode, fn, fl in (("fwd", f, fl0), ("fwd+bwd", _fwd_bwd(f), 3.5 * fl0)):
-      row = {"N": n, "batch": bb, "method": name, "mode": mode}
+      row = {"N": n, "batch": bb, "method": name, "mode": mode, "flops": fl}
       if dense_gb > max_dense_gb:
         row.update(skipped=f"needs ~{dense_gb:.0f} GB")
       else:
         jf = jax.jit(fn)
-        t = _time(jf, x, repeats)
-        row.update(seconds=t, gflops=fl / t / 1e9, mem_mb=_jax_mem(fn, x))
+        row["mem_mb"] = _jax_mem(fn, x)
+        jobs.append(lambda jf=jf, x=x: jf(*x))
+        timed.append(row)
       rows.append(row)
-      print(_fmt(row), flush=True)
   try:
-    t_f, t_fb = _torch_times(b, n, repeats)
-    flops = 4 * b * H * n * n * D
-    for mode, t, fl in (("fwd", t_f, flops), ("fwd+bwd", t_fb, 3.5 * flops)):
-      rows.append({"N": n, "batch": b, "method": "torch sdpa", "mode": mode, "seconds": t,
-                   "gflops": fl / t / 1e9, "mem_mb": None})
-      print(_fmt(rows[-1]), flush=True)
+    t_f, t_fb = _torch_jobs(b, n, torch_threads)
+    for mode, fn, fl in (("fwd", t_f, 4 * b * H * n * n * D), ("fwd+bwd", t_fb, 3.5 * 4 * b * H * n * n * D)):
+      row = {"N": n, "batch": b, "method": "torch sdpa", "mode": mode, "flops": fl, "mem_mb": None}
+      rows.append(row)
+      jobs.append(fn)
+      timed.append(row)
   except ImportError:
     print("torch not installed: skipping torch SDPA")
+  for row, t in zip(timed, _time_interleaved(jobs, repeats)):
+    row.update(seconds=t, gflops=row["flops"] / t / 1e9)
+  for row in rows:
+    print(_fmt(row), flush=True)
   return rows
 
 
@@ -203,14 +208,23 @@ def main(argv=None):
   ap.add_argument("--max-dense-gb", type=float, default=8.0)
   ap.add_argument("--additive-up-to", type=int, default=4096, help="additive rows for N <= this")
   ap.add_argument("--targets", action="store_true", help="also run the N=32768 / additive RSS targets")
+  ap.add_argument("--skip", default="", help="comma-separated method names to leave out")
+  ap.add_argument("--torch-threads", type=int, default=os.cpu_count())
   ap.add_argument("--out", default="benchmarks/kernels.json")
   args = ap.parse_args(argv)
   rows = []
-  for n in map(int, args.sizes.split(",")):
+  start = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
+           "loadavg_start": os.getloadavg(), "argv": sys.argv[1:], "torch_threads": args.torch_threads}
+  print(f"{start['date']} load average {start['loadavg_start']}", flush=True)
+  skip = tuple(x for x in args.skip.split(",") if x)
+  for n in map(int, args.sizes.split(",")) if args.sizes else ():
     b = args.large_batch if n >= args.large_from else args.batch
-    rows += bench_size(n, b, args.repeats, args.max_dense_gb, args.additive_up_to + 1)
+    rows += bench_size(n, b, args.repeats, args.max_dense_gb, args.additive_up_to + 1, skip,
+                       args.torch_threads)
   _table(rows)
-  result = {"device": str(jax.devices()[0]), "jax": jax.__version__, "repeats": args.repeats,
+  print(f"load average at the end {os.getloadavg()}")
+  result = {**start, "loadavg_end": os.getloadavg(),
+            "device": str(jax.devices()[0]), "jax": jax.__version__, "repeats": args.repeats,
             "rows": rows, "targets": targets() if args.targets else None,
             "max_rss_gb_this_process": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
   with open(args.out, "w") as fh:

@@ -46,27 +46,34 @@ SCORES = sorted(registry.names("score")) + [CUSTOM]
 
 @pytest.fixture(scope="module")
 def data():
-  ks = jax.random.split(jax.random.key(0), 5)
-  q = jax.random.normal(ks[0], (B, LQ, H, D))  # [B, Lq, H, D]
-  k = jax.random.normal(ks[1], (B, LK, HKV, D))  # [B, Lk, Hkv, D]
-  v = jax.random.normal(ks[2], (B, LK, HKV, DV))  # [B, Lk, Hkv, Dv]
-  mask = np.array(jax.random.bernoulli(ks[3], 0.7, (B, H, LQ, LK)))
+  rs = np.random.RandomState(0)  # NumPy: no compile for the inputs
+  f32 = lambda *shape: jnp.asarray(rs.standard_normal(shape), jnp.float32)
+  q, k, v = f32(B, LQ, H, D), f32(B, LK, HKV, D), f32(B, LK, HKV, DV)  # [B, L, H(kv), D]
+  mask = rs.uniform(size=(B, H, LQ, LK)) < 0.7
   mask[1, 2, 5] = False  # a row with nothing to attend to
   key_pad = np.ones((B, 1, 1, LK), bool)
   key_pad[0, ..., 30:] = False
-  cot = jax.random.normal(ks[4], (B, LQ, H, DV))  # output cotangent
+  cot = f32(B, LQ, H, DV)  # output cotangent
   return q, k, v, jnp.asarray(mask), jnp.asarray(key_pad), cot
 
 
 MODES = [("none", False), ("mask", False), ("key_pad", True)]  # key padding [B, 1, 1, Lk] + causal
 
 
+def _modes(score, normalizer):
+  """Mask modes tested for one (score, normalizer): all three for scaled_dot/softmax, else one,
+  rotating so that every score meets two modes and every mode meets several scores (compile time)."""
+  if (score, normalizer) == ("scaled_dot", "softmax"):
+    return MODES
+  return [MODES[(SCORES.index(score) + (normalizer == "sigmoid")) % len(MODES)]]
+
+
 def _out_and_grads(impl, score, normalizer):
-  """jit: for each of MODES, the output and its vjp (wrt q, k, v, params) at the cotangent."""
+  """jit: for each of the modes, the output and its vjp (wrt q, k, v, params) at the cotangent."""
   @jax.jit
   def f(q, k, v, params, masks, cot):
     results = []
-    for m, causal in MODES:
+    for m, causal in _modes(score, normalizer):
       fn = lambda q, k, v, p: kernels.attention(q, k, v, score=score, normalizer=normalizer, params=p,
                                                 mask=masks[m], causal=causal, impl=impl,
                                                 block_size=BLOCK)
@@ -87,13 +94,13 @@ def _assert_close(blocked, dense, atol, rtol):
 @pytest.mark.parametrize("normalizer", ["softmax", "sigmoid"])
 @pytest.mark.parametrize("score", SCORES)
 def test_blocked_matches_dense(data, score, normalizer):
-  """Every score × normalizer × {no mask, mask (with an empty row), key padding + causal}, GQA."""
+  """Every score × normalizer × {no mask | mask (with an empty row) | key padding + causal}, GQA."""
   q, k, v, mask, key_pad, cot = data
   params = kernels.init_params(score, jax.random.key(1), D)
   masks = {"none": None, "mask": mask, "key_pad": key_pad}
   dense = _out_and_grads("dense", score, normalizer)(q, k, v, params, masks, cot)
   blocked = _out_and_grads("blocked", score, normalizer)(q, k, v, params, masks, cot)
-  for (m, _), (ob, gb), (od, gd) in zip(MODES, blocked, dense):
+  for (m, _), (ob, gb), (od, gd) in zip(_modes(score, normalizer), blocked, dense):
     chex.assert_tree_all_finite((ob, gb))
     np.testing.assert_allclose(ob, od, atol=2e-5, rtol=1e-4)
     _assert_close(gb, gd, atol=1e-4, rtol=1e-3)
@@ -119,6 +126,19 @@ def test_blocked_per_head_params_bias_and_block_shapes(data):
   np.testing.assert_allclose(ob, od, atol=2e-5, rtol=1e-4)
   _assert_close(gb, gd, atol=1e-4, rtol=1e-3)
   assert abs(float(gd[2])) > 1e-3  # the bias gradient is really tested
+
+
+def test_default_block_follows_the_pairwise_intermediate():
+  """(1024, 512) pairs for dot-product scores; (256, 128) when pairwise forms [Bq, Bk, A=64]."""
+  from attnlab.kernels import blocked, scores  # noqa: PLC0415
+  for name, expected in [("scaled_dot", (1024, 512)), ("general", (1024, 512)), ("additive", (256, 128)),
+                         ("concat", (256, 128))]:
+    p = kernels.init_params(name, jax.random.key(0), 64)
+    assert blocked.default_block(scores.get_score(name).pairwise, p, 64, jnp.float32) == expected, name
+  p = kernels.init_params(CUSTOM, jax.random.key(0), 16)  # [Bq, Bk, 16] differences -> 2^17 pairs
+  assert blocked.default_block(scores.get_score(CUSTOM).pairwise, p, 16, jnp.float32) == (512, 256)
+  p = kernels.init_params(CUSTOM, jax.random.key(0), 256)  # 256 per pair -> 8192 pairs
+  assert blocked.default_block(scores.get_score(CUSTOM).pairwise, p, 256, jnp.float32) == (128, 64)
 
 
 def test_auto_is_dense_for_short_and_non_online(data):

@@ -22,8 +22,11 @@ the saved output and the per-row log2-sum-exp (softmax), never the weights:
 Masks: causal is applied from block indices (blocks wholly above the diagonal are skipped in both
 passes, the loop bounds depend on the block index); a user mask [Lq|1, Lk|1] is sliced per block
 (size-1 dims stay size 1, nothing is broadcast to [Lq, Lk]); ragged tails are padded and masked by
-index. ``exp2`` and ``tanh`` are the vectorisable approximations of ``fastmath`` (≤ 2.5e-7
-relative / 3.5e-7 absolute); outputs match the dense path to ~1e-6 relative in fp32 (tests).
+index. Default blocks (``default_block``): (1024, 512) pairs, fewer when ``pairwise`` forms a
+larger [Bq, Bk, ...] intermediate (read from its jaxpr), e.g. (256, 128) for additive with A = 64.
+``exp2`` is ``fastmath.exp2`` (≤ 2e-7 relative); a score's ``tanh`` is its own (``jnp.tanh``: this
+XLA vectorises it, measured faster than ``fastmath.tanh``). Outputs match the dense path to ~1e-6
+relative in fp32 (tests).
 Fully masked rows give zero output, as in the dense path.
 """
 
@@ -42,6 +45,9 @@ Array = jax.Array
 LOG2E = math.log2(math.e)
 _NEG = -1e30  # initial running max (log2 units): finite, so 2^(m_old − m_new) is never NaN
 KINDS = ("softmax", "sigmoid")
+# Default blocks: (query, key) pairs per block, and elements of pairwise's largest intermediate.
+MAX_BLOCK_PAIRS = 1024 * 512
+MAX_BLOCK_ELEMS = 256 * 128 * 64
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -56,12 +62,20 @@ def _pad_to(x: Array, axis: int, size: int, value=0) -> Array:
   return jnp.pad(x, pad, constant_values=value)
 
 
+def _balanced(n: int, block: int) -> int:
+  """The block size (≤ ~block, a multiple of 8 or n) that splits n into as many blocks as ``block``
+  does with the least padding: 1500 with 1024 -> 2 blocks of 752, not 1024 + 476 padded to 1024."""
+  if n <= block:
+    return n
+  return min(n, -(-_cdiv(n, _cdiv(n, block)) // 8) * 8)
+
+
 class _Plan:
   """Static block geometry of one call."""
 
   def __init__(self, lq, lk, block_q, block_k, causal):
     self.lq, self.lk, self.causal = lq, lk, causal
-    self.bq, self.bk = min(block_q, lq), min(block_k, lk)
+    self.bq, self.bk = _balanced(lq, block_q), _balanced(lk, block_k)
     self.nq, self.nk = _cdiv(lq, self.bq), _cdiv(lk, self.bk)
     self.ragged_k = self.nk * self.bk != lk
 
@@ -95,6 +109,46 @@ class _Plan:
                                  (rows, cols))
       m = mb if m is None else m & mb
     return m
+
+
+def _largest_intermediate_per_pair(pairwise, params, f, dtype) -> int:
+  """Elements per (query, key) pair of ``pairwise``'s largest [Bq, Bk, ...] intermediate, read from
+  its jaxpr on a small block (1 for a dot product, A for an additive score's [Bq, Bk, A] tanh)."""
+  nq, nk = (13, 17) if f not in (13, 17) else (19, 23)  # distinct sizes mark the pair axes
+  spec = lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x))
+  jaxpr = jax.make_jaxpr(pairwise)(jax.tree.map(spec, params), jax.ShapeDtypeStruct((nq, f), dtype),
+                                   jax.ShapeDtypeStruct((nk, f), dtype))
+  largest = nq * nk
+
+  def visit(jx):
+    nonlocal largest
+    for eqn in jx.eqns:
+      for var in eqn.outvars:
+        shape = tuple(getattr(var.aval, "shape", ()))
+        if nq in shape and nk in shape:
+          largest = max(largest, math.prod(shape))
+      for sub in eqn.params.values():
+        for s in (sub if isinstance(sub, (tuple, list)) else (sub,)):
+          inner = getattr(s, "jaxpr", s)
+          if hasattr(inner, "eqns"):
+            visit(inner)
+
+  visit(jaxpr.jaxpr)
+  return _cdiv(largest, nq * nk)
+
+
+def default_block(pairwise, params, f: int, dtype) -> tuple[int, int]:
+  """(block_q, block_k): MAX_BLOCK_PAIRS pairs, fewer when pairwise's largest intermediate would
+  exceed MAX_BLOCK_ELEMS, as (2·b, b) with b a power of two.
+
+  Tuned on a 2-core CPU (L2 2 MB), where large blocks keep the matmuls efficient: (1024, 512) for
+  dot-product scores, (256, 128) for additive/concat (A = 64). On GPU/TPU the same values are
+  valid (smaller ones may be faster: pass ``block_size``).
+  """
+  per_pair = _largest_intermediate_per_pair(pairwise, params, f, dtype)
+  pairs = max(2 * 8 * 8, min(MAX_BLOCK_PAIRS, MAX_BLOCK_ELEMS // per_pair))
+  bk = 2 ** int(math.log2(math.isqrt(pairs // 2)))
+  return 2 * bk, bk
 
 
 def _scores(pairwise, params, fq_i, fk_j):
@@ -227,7 +281,8 @@ def _core(pairwise: Callable, kind: str, plan: _Plan):
 
 def attend_one_head_blocked(q: Array, k: Array, v: Array, mask: Array | None, *, score: Any,
                             kind: str, params: Any = None, bias: Array | None = None,
-                            causal: bool = False, block_q: int = 128, block_k: int = 128) -> Array:
+                            causal: bool = False, block_q: int | None = None,
+                            block_k: int | None = None) -> Array:
   """Soft attention for ONE head, blocked; the output of ``attend_one_head`` without the weights.
 
   Args:
@@ -235,16 +290,19 @@ def attend_one_head_blocked(q: Array, k: Array, v: Array, mask: Array | None, *,
     mask: bool [Lq|1, Lk|1] (True = may attend) or None; causal is separate (by block index).
     score: a ``scores.Score``; kind: "softmax" or "sigmoid".
     bias: the sigmoid's scalar bias (default −log Lk).
-    block_q, block_k: block sizes (clipped to the lengths).
+    block_q, block_k: block sizes (clipped to the lengths); None: ``default_block``.
   Returns:
     z [Lq, Dv] in q's dtype.
   """
   if kind not in KINDS:
     raise ValueError(f"attend_one_head_blocked: kind must be one of {KINDS}, got {kind!r}")
   lq, lk = q.shape[0], k.shape[0]
-  plan = _Plan(lq, lk, block_q, block_k, causal)
   fq = score.project_q(params, q)  # [Lq, F]
   fk = score.project_k(params, k)  # [Lk, F]
+  if block_q is None or block_k is None:
+    dq, dk = default_block(score.pairwise, params, fq.shape[-1], fq.dtype)
+    block_q, block_k = block_q or dq, block_k or dk
+  plan = _Plan(lq, lk, block_q, block_k, causal)
   if bias is None:
     bias = -math.log(lk)
   bias = jnp.asarray(bias, jnp.float32)
