@@ -415,3 +415,20 @@ def test_citeseer_isolated_test_nodes_are_padded(tmp_path):
   assert g.test_index.tolist() == [502, 504] and g.train_index.tolist() == [0, 1]
   assert g.val_index.tolist() == list(range(2, 502))
   assert sorted(map(tuple, g.edges.T.tolist())) == [(0, 1), (1, 0), (502, 504), (504, 502)]
+
+
+def test_planetoid_sparse_features_hold_the_dense_features():
+  dense = registry.get("task", "planetoid")(dataset="cora", data_dir=str(PLANETOID))
+  sparse = registry.get("task", "planetoid")(dataset="cora", data_dir=str(PLANETOID),
+                                             sparse_features=True)
+  d, s = dense.batch("train", 0, 1), sparse.batch("train", 0, 1)
+  assert set(s) == {"feature_index", "feature_values", "edges", "labels", "mask"}
+  idx, vals = s["feature_index"], s["feature_values"]
+  assert idx.dtype == np.int32 and vals.dtype == np.float32 and np.all(vals != 0)
+  order = np.lexsort((idx[:, 1], idx[:, 0]))
+  assert np.array_equal(order, np.arange(len(idx)))  # row-major (BCOO indices_sorted)
+  rebuilt = np.zeros_like(d["features"])
+  rebuilt[idx[:, 0], idx[:, 1]] = vals
+  np.testing.assert_array_equal(rebuilt, d["features"])
+  for k in ("edges", "labels", "mask"):
+    np.testing.assert_array_equal(s[k], d[k])

@@ -327,3 +327,22 @@ def test_registered_models_and_families():
           ("encoder", "glimpse", "seq2seq", "gru_seq2seq", "lm", "gat")}
   assert fams == {"encoder": "classifier", "glimpse": "classifier", "seq2seq": "seq2seq",
                   "gru_seq2seq": "seq2seq", "lm": "lm", "gat": "node_classifier"}
+
+
+def test_gat_sparse_features_match_dense():
+  """The sparse feature batch (planetoid(sparse_features=True)) gives the dense batch's logits, and
+  value dropout makes training calls random but leaves evaluation deterministic."""
+  _, spec, batch = TASKS["graph"]
+  feats = batch["features"].copy()
+  feats[feats < 0.5] = 0.0  # sparse-ish
+  rows, cols = np.nonzero(feats)
+  sparse_batch = {k: v for k, v in batch.items() if k != "features"}
+  sparse_batch.update(feature_index=np.stack([rows, cols], 1).astype(np.int32),
+                      feature_values=feats[rows, cols])
+  model = _build("gat", spec, {"hidden": 4, "num_heads": 2, "value_dropout": 0.6})
+  dense_logits, _ = model({**batch, "features": feats}, train=False)
+  sparse_logits, _ = model(sparse_batch, train=False)
+  np.testing.assert_allclose(sparse_logits, dense_logits, atol=1e-5)
+  np.testing.assert_allclose(model(sparse_batch, train=False)[0], sparse_logits)
+  a, b = model(sparse_batch, train=True)[0], model(sparse_batch, train=True)[0]
+  assert np.all(np.isfinite(a)) and not np.allclose(a, b)

@@ -379,3 +379,36 @@ def test_gat_sparse_features_equal_dense(graph_x):
   kept = np.asarray(dropped) != 0
   np.testing.assert_allclose(np.asarray(dropped)[kept], 2 * x[kept], rtol=1e-6)
   assert 0 < kept.sum() < (x != 0).sum()
+
+
+def test_gat_value_dropout_scores_from_undropped_features(graph_x):
+  """value_dropout_rate drops only the values: α is the deterministic one, and the output is an
+  unbiased estimate of the deterministic output (inverted dropout on W h, α fixed)."""
+  layer = GraphAttention(5, 3, 2, value_dropout_rate=0.5, rngs=nnx.Rngs(0, dropout=1))
+  x = jnp.asarray(graph_x)
+  clean, w_clean = layer(x, EDGES, deterministic=True, return_weights=True)
+  np.testing.assert_allclose(clean, _np_gat(layer, graph_x, EDGES), atol=1e-5)
+  _, w_drop = layer(x, EDGES, deterministic=False, return_weights=True)
+  np.testing.assert_allclose(w_drop["alpha"], w_clean["alpha"], atol=1e-6)  # scores undropped
+  # Each value is kept (scaled by 2) or zeroed: out_i = Σ_j α_ij m_j h_j, E[m_j] = 1.
+  outs = jnp.stack([layer(x, EDGES, deterministic=False) for _ in range(600)])
+  assert not np.allclose(outs[0], clean)
+  np.testing.assert_allclose(outs.mean(0), clean, atol=0.15 * float(jnp.abs(clean).max()))
+  lone = layer(x, jnp.zeros((2, 0), jnp.int32), deterministic=False)  # self loops only: out = v
+  h = np.einsum("nf,fhd->nhd", graph_x, _param_values(layer)["kernel"]).reshape(6, 6)
+  kept = np.asarray(lone - _param_values(layer)["bias"])
+  assert np.all(np.isclose(kept, 0, atol=1e-6) | np.isclose(kept, 2 * h, atol=1e-5))
+
+
+def test_graph_attention_kernel_values_argument():
+  h = _normal(3, (6, 2, 3))
+  v = _normal(4, (6, 2, 4))
+  edges = jnp.asarray(kernels.prepare_edges(EDGES, 6))
+  out, alpha = kernels.graph_attention(h, edges, score="dot", return_weights=True,
+                                       indices_are_sorted=True, values=v)
+  expected = np.zeros((6, 2, 4))
+  for e, (j, i) in enumerate(np.asarray(edges).T):
+    expected[i] += np.asarray(alpha)[e][:, None] * np.asarray(v)[j]
+  np.testing.assert_allclose(out, expected, atol=1e-5)
+  dense = kernels.dense_graph_attention(h, kernels.edges_to_adjacency(edges, 6), score="dot", values=v)
+  np.testing.assert_allclose(dense, expected, atol=1e-5)

@@ -4,6 +4,10 @@ A node-classifier batch is the whole graph: features [N, F], edges [2, E] (row 0
 target; both directions of every undirected edge, no self loops, no duplicates; models add self
 loops if they want them), labels [N], and ``mask`` [N] = the nodes of the requested split. Batches
 are the same for every seed and step (the runner places one copy on the devices).
+
+With ``sparse_features=True`` the features come as their stored entries instead of ``features``:
+``feature_index`` int32 [nnz, 2] (node, feature) pairs in row-major order and ``feature_values``
+float32 [nnz] (bag-of-words graphs such as Cora are ~1 % dense; the ``gat`` model takes either).
 """
 
 from __future__ import annotations
@@ -64,17 +68,22 @@ def row_normalize(features: np.ndarray) -> np.ndarray:
 class GraphTask(Task):
   """Node classification on one fixed graph; every batch is the whole graph with the split's mask."""
 
-  def __init__(self, name: str, graph: Graph):
+  def __init__(self, name: str, graph: Graph, *, sparse_features: bool = False):
     spec = {"num_features": graph.features.shape[1], "num_classes": graph.num_classes,
             "num_nodes": graph.num_nodes}
     super().__init__(name, "node_classifier", spec)
     self.graph = graph
+    if sparse_features:
+      rows, cols = np.nonzero(graph.features)  # row-major order
+      self._features = {"feature_index": np.stack([rows, cols], 1).astype(np.int32),  # [nnz, 2]
+                        "feature_values": graph.features[rows, cols].astype(np.float32)}  # [nnz]
+    else:
+      self._features = {"features": graph.features}  # [N, F]
 
   def _whole(self, split: str) -> dict[str, np.ndarray]:
     mask = np.zeros(self.graph.num_nodes, bool)  # [N]
     mask[self.graph.split_index(split)] = True
-    return {"features": self.graph.features, "edges": self.graph.edges, "labels": self.graph.labels,
-            "mask": mask}
+    return {**self._features, "edges": self.graph.edges, "labels": self.graph.labels, "mask": mask}
 
   def batch(self, split: str, step: int, batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
     """The whole graph with ``mask`` = the nodes of ``split`` (step, batch_size, seed are ignored)."""

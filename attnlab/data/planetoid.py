@@ -134,12 +134,15 @@ def load_planetoid(name: str, directory: str | os.PathLike, *, normalize_feature
 
 @register_task("planetoid")
 def make_planetoid(*, dataset: str = "cora", data_dir: str | None = None,
-                   normalize_features: bool = True) -> GraphTask:
+                   normalize_features: bool = True, sparse_features: bool = False) -> GraphTask:
   """Planetoid node classification. Knobs: dataset (cora | citeseer | pubmed), data_dir (the directory
-  of the ind.* files; required), normalize_features (row-normalise, as GAT)."""
+  of the ind.* files; required), normalize_features (row-normalise, as GAT), sparse_features (batches
+  hold ``feature_index``/``feature_values`` instead of dense ``features``; see attnlab.data.graph)."""
   check_choice("planetoid", "dataset", dataset, DATASETS)
   if data_dir is None:
     raise knob_error("planetoid", "data_dir", "is required: the directory holding the Planetoid files "
                      f"ind.{dataset}.{{{','.join(PARTS)},test.index}}")
   check_choice("planetoid", "normalize_features", normalize_features, (True, False))
-  return GraphTask("planetoid", load_planetoid(dataset, data_dir, normalize_features=normalize_features))
+  check_choice("planetoid", "sparse_features", sparse_features, (True, False))
+  return GraphTask("planetoid", load_planetoid(dataset, data_dir, normalize_features=normalize_features),
+                   sparse_features=sparse_features)

@@ -174,45 +174,49 @@ def edge_scores(h: Array, edges: Array, *, score: str = "additive", params: Any 
 def graph_attention(h: Array, edges: Array, *, score: str = "additive", params: Any = None,
                     edge_mask: Array | None = None, negative_slope: float = 0.2,
                     dropout_rate: float = 0.0, rng: Array | None = None,
-                    indices_are_sorted: bool = False, return_weights: bool = False):
-  """Edge-list graph attention: out_i = Σ_{e=(j→i)} α_e h_j, α softmax over i's incoming edges.
+                    indices_are_sorted: bool = False, return_weights: bool = False,
+                    values: Array | None = None):
+  """Edge-list graph attention: out_i = Σ_{e=(j→i)} α_e v_j, α softmax over i's incoming edges.
 
   Args:
-    h: [N, H, F] per-head node features (keys, queries and values alike).
+    h: [N, H, F] per-head node features (keys and queries; also the values v unless ``values``).
     edges: [2, E] int (source, target) pairs. Duplicate edges count as separate neighbours.
     score: a registered graph score name. params: its parameters (per head or shared).
     edge_mask: [E] bool, False drops an edge (e.g. self loops to be replaced).
     dropout_rate: dropout on the attention coefficients (after the softmax), needs ``rng``.
     indices_are_sorted: edges are sorted by target (faster segment ops).
     return_weights: also return α [E, H].
+    values: [N, H, Fv] node values v summed with the weights (default h), e.g. the dropped-out h of
+      GAT's reference code (scores from h, sum over dropout(h)).
   Returns:
-    out [N, H, F] (zeros for nodes without incoming edges), and α [E, H] with return_weights.
+    out [N, H, Fv] (zeros for nodes without incoming edges), and α [E, H] with return_weights.
   """
   n = h.shape[0]
   alpha = segment_softmax(edge_scores(h, edges, score=score, params=params,
                                       negative_slope=negative_slope),
                           edges[1], n, mask=edge_mask, indices_are_sorted=indices_are_sorted)  # [E, H]
   dropped = alpha if dropout_rate == 0 or rng is None else dropout_weights(alpha, rng, dropout_rate)
-  out = jax.ops.segment_sum(dropped[:, :, None] * h[edges[0]], edges[1], num_segments=n,
-                            indices_are_sorted=indices_are_sorted)  # [N, H, F]
+  v = h if values is None else values  # [N, H, Fv]
+  out = jax.ops.segment_sum(dropped[:, :, None] * v[edges[0]], edges[1], num_segments=n,
+                            indices_are_sorted=indices_are_sorted)  # [N, H, Fv]
   return (out, alpha) if return_weights else out
 
 
 def dense_graph_attention(h: Array, adjacency: Array, *, score: str = "additive",
                           params: Any = None, negative_slope: float = 0.2,
                           dropout_rate: float = 0.0, rng: Array | None = None,
-                          return_weights: bool = False):
+                          return_weights: bool = False, values: Array | None = None):
   """Dense-adjacency graph attention (O(N²) memory, for small graphs); same maths as the edge list.
 
-  ``adjacency`` [N, N] bool, ``adjacency[i, j]`` = edge j → i. Returns out [N, H, F] and, with
-  ``return_weights``, α [H, N, N] (row i = target).
+  ``adjacency`` [N, N] bool, ``adjacency[i, j]`` = edge j → i; ``values`` [N, H, Fv] (default h).
+  Returns out [N, H, Fv] and, with ``return_weights``, α [H, N, N] (row i = target).
   """
   s, fd, fs, p_axis = _node_features(score, params, h)  # fd, fs [N, H, A]
   edge = lambda p, a, b: s.edge(p, a[:, None, :], b[None, :, :], negative_slope=negative_slope)
   scores = jax.vmap(edge, in_axes=(p_axis, 1, 1))(params, fd, fs)  # [H, N, N]
   alpha = jax.vmap(_normalizers.softmax, in_axes=(0, None))(scores, adjacency)  # [H, N, N]
   dropped = alpha if dropout_rate == 0 or rng is None else dropout_weights(alpha, rng, dropout_rate)
-  out = jnp.einsum("hij,jhf->ihf", dropped, h)  # [N, H, F]
+  out = jnp.einsum("hij,jhf->ihf", dropped, h if values is None else values)  # [N, H, Fv]
   return (out, alpha) if return_weights else out
 
 

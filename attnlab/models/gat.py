@@ -6,8 +6,14 @@
     GraphAttention(-> C, output_heads heads, mean)                  -> logits [N, C]
 
 Both layers drop attention coefficients with ``attention_dropout`` (default: ``dropout_rate``)
-while training. The paper's Cora setting is the default: 8 heads x 8 hidden, 1 output head,
-p = 0.6 (PubMed: output_heads=8). ``score`` is any registered graph score: additive (GAT),
+while training, and with ``value_dropout`` > 0 also the projected features W h used as values
+(scores from the undropped W h), as GAT's reference code does (its ``attn_head`` drops ``seq_fts``
+with the input dropout rate; configs/cora_gat.py sets 0.6). The paper's Cora setting is the
+default otherwise: 8 heads x 8 hidden, 1 output head, p = 0.6 (PubMed: output_heads=8).
+
+Features come dense (``batch["features"]`` [N, F]) or sparse (``batch["feature_index"]`` [nnz, 2]
+(node, feature) and ``batch["feature_values"]`` [nnz], e.g. ``planetoid(sparse_features=True)``):
+the first projection and the input dropout then cost O(nnz) instead of O(N·F). ``score`` is any registered graph score: additive (GAT),
 gatv2, dot, scaled_dot, general, uniform (mean over neighbours, a GCN-like reference).
 """
 
@@ -16,6 +22,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.experimental import sparse
 
 from attnlab import modules
 from attnlab.models import _common
@@ -28,10 +35,12 @@ class GAT(nnx.Module):
 
   def __init__(self, *, spec: dict, rngs: nnx.Rngs, hidden: int = 8, num_heads: int = 8,
                output_heads: int = 1, score: str = "additive", dropout_rate: float = 0.6,
-               attention_dropout: float | None = None, negative_slope: float = 0.2):
+               attention_dropout: float | None = None, value_dropout: float = 0.0,
+               negative_slope: float = 0.2):
     _common.check_spec(self.name, spec, "num_features", "num_classes")
     att = dropout_rate if attention_dropout is None else attention_dropout
-    common = dict(score=score, dropout_rate=att, negative_slope=negative_slope, rngs=rngs)
+    common = dict(score=score, dropout_rate=att, value_dropout_rate=value_dropout,
+                  negative_slope=negative_slope, rngs=rngs)
     self.drop = nnx.Dropout(dropout_rate, rngs=rngs)
     self.layer1 = modules.GraphAttention(spec["num_features"], hidden, num_heads,
                                          head_merge="concat", **common)
@@ -39,10 +48,17 @@ class GAT(nnx.Module):
                                          head_merge="mean", **common)
 
   def __call__(self, batch: dict, *, train: bool) -> tuple[jax.Array, dict]:
-    x = jnp.asarray(batch["features"])  # [N, F]
     edges = jnp.asarray(batch["edges"])  # [2, E] (source, target)
     det, sow = not train, _common.sow_enabled()
-    h = self.layer1(self.drop(x, deterministic=det), edges, deterministic=det, sow_weights=sow)
+    if "feature_values" in batch:  # sparse features: dropout on the stored entries only
+      n = batch["labels"].shape[0]
+      x = sparse.BCOO((jnp.asarray(batch["feature_values"]), jnp.asarray(batch["feature_index"])),
+                      shape=(n, self.layer1.in_features), indices_sorted=True, unique_indices=True)
+      if train and self.drop.rate > 0:
+        x = modules.sparse_dropout(x, self.drop.rate, self.drop.rngs())
+    else:
+      x = self.drop(jnp.asarray(batch["features"]), deterministic=det)  # [N, F]
+    h = self.layer1(x, edges, deterministic=det, sow_weights=sow)
     h = nnx.elu(h)  # [N, H·hidden]
     logits = self.layer2(self.drop(h, deterministic=det), edges, deterministic=det,
                          sow_weights=sow)  # [N, C]

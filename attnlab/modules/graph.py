@@ -3,7 +3,9 @@
     h = x W                                   # [N, H, F'], K = H copy-heads, each with its own W
     e_ij = score(h_i, h_j)                    # on every edge j → i (GAT: LeakyReLU(aᵀ[h_i ‖ h_j]))
     α_ij = softmax_j e_ij over i's incoming edges   (dropout on α when training)
-    out_i = merge_k Σ_j α^k_ij h^k_j + b      # merge = concat (H·F') or mean (F')
+    out_i = merge_k Σ_j α^k_ij v^k_j + b      # merge = concat (H·F') or mean (F')
+    v = h, or dropout(h) when training with value_dropout_rate > 0 (GAT's reference code drops the
+        projected features used as values, after the scores are computed from the undropped h)
 
 All attention maths is in ``attnlab.kernels.graph`` (segment softmax: O(E) memory).
 
@@ -46,7 +48,7 @@ class GraphAttention(nnx.Module):
 
   def __init__(self, in_features: int, out_features: int, num_heads: int = 1, *,
                score: str = "additive", head_merge: str = "concat", dropout_rate: float = 0.0,
-               negative_slope: float = 0.2, add_self_loops: bool = True, use_bias: bool = True,
+               value_dropout_rate: float = 0.0, negative_slope: float = 0.2, add_self_loops: bool = True, use_bias: bool = True,
                deterministic: bool | None = None, kernel_init: Any = initializers.glorot_uniform(),
                bias_init: Any = initializers.zeros_init(), param_dtype: Any = jnp.float32,
                rngs: nnx.Rngs, keep_rngs: bool = True):
@@ -56,6 +58,7 @@ class GraphAttention(nnx.Module):
     self.score = _checks.registered(_NAME, "score", "graph_score", score)
     self.head_merge = _checks.choice(_NAME, "head_merge", head_merge, HEAD_MERGES)
     self.dropout_rate = _checks.rate(_NAME, "dropout_rate", dropout_rate)
+    self.value_dropout_rate = _checks.rate(_NAME, "value_dropout_rate", value_dropout_rate)
     self.negative_slope = float(negative_slope)
     self.add_self_loops, self.deterministic = add_self_loops, deterministic
     h, f = num_heads, out_features
@@ -68,7 +71,11 @@ class GraphAttention(nnx.Module):
     bias_size = h * f if head_merge == "concat" else f
     self.bias = (nnx.Param(bias_init(rngs.params(), (bias_size,), param_dtype)) if use_bias
                  else nnx.data(None))
-    self.rngs = rngs.dropout.fork() if keep_rngs and self.dropout_rate > 0 else nnx.data(None)
+    self.rngs = rngs.dropout.fork() if keep_rngs and self._drops else nnx.data(None)
+
+  @property
+  def _drops(self) -> bool:
+    return self.dropout_rate > 0 or self.value_dropout_rate > 0
 
   def __call__(self, x: Array, edges: Array | None = None, *, adjacency: Array | None = None,
                edges_prepared: bool = False, deterministic: bool | None = None, rngs: Any = None,
@@ -95,9 +102,13 @@ class GraphAttention(nnx.Module):
     params = None if self.score_params is None else jax.tree.map(
         lambda p: p[...], self.score_params, is_leaf=lambda v: isinstance(v, nnx.Variable))
     rng = self._dropout_rng(deterministic, rngs)
+    values = None
+    if rng is not None and self.value_dropout_rate > 0:
+      rng, v_rng = jax.random.split(rng) if self.dropout_rate > 0 else (None, rng)
+      values = kernels.dropout_weights(h, v_rng, self.value_dropout_rate)  # [N, H, F'] inverted dropout
     common = dict(score=self.score, params=params, negative_slope=self.negative_slope,
                   dropout_rate=self.dropout_rate if rng is not None else 0.0, rng=rng,
-                  return_weights=True)
+                  return_weights=True, values=values)
     if adjacency is not None:
       adjacency = jnp.asarray(adjacency)
       if adjacency.shape != (n, n):
@@ -128,11 +139,11 @@ class GraphAttention(nnx.Module):
     return (out, weights) if return_weights else out
 
   def _dropout_rng(self, deterministic, rngs):
-    if self.dropout_rate == 0:
+    if not self._drops:
       return None
     det = first_from(deterministic, self.deterministic, error_msg=(
         f"{_NAME}: no `deterministic` argument given at construction or call (needed for "
-        f"dropout_rate={self.dropout_rate})"))
+        f"dropout_rate={self.dropout_rate}, value_dropout_rate={self.value_dropout_rate})"))
     if det:
       return None
     stream = rngs.dropout if isinstance(rngs, nnx.Rngs) else (
