@@ -31,6 +31,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from attnlab.kernels import _params
 from attnlab.kernels import blocked as _blocked
 from attnlab.kernels import normalizers as _normalizers
 from attnlab.kernels import scores as _scores
@@ -115,30 +116,6 @@ def _mask4(mask, causal, b, h, lq, lk, broadcast=True):
     tri = jnp.tril(jnp.ones((lq, lk), jnp.bool_))[None, None]  # query i sees keys j <= i
     mask = tri if mask is None else mask & tri
   return mask
-
-
-def _params_per_head(score, score_name, params, d, h):
-  """Whether ``params`` carries a leading [H] axis (per-head) or is shared by all heads."""
-  if score.init is None:
-    if params is not None:
-      raise ValueError(f"attention: score {score_name!r} takes no params, got {type(params).__name__}")
-    return False
-  if params is None:
-    raise ValueError(f"attention: score {score_name!r} needs params; make them with "
-                     f"attnlab.kernels.init_params({score_name!r}, rng, dim={d})")
-  expected = jax.eval_shape(lambda: score.init(jax.random.key(0), d))
-  exp_leaves, exp_tree = jax.tree.flatten(expected)
-  leaves, tree = jax.tree.flatten(params)
-  if tree != exp_tree:
-    raise ValueError(f"attention: params for score {score_name!r} must have structure {exp_tree}, "
-                     f"got {tree}")
-  if all(x.ndim == e.ndim for x, e in zip(leaves, exp_leaves)):
-    return False
-  if all(x.ndim == e.ndim + 1 and x.shape[0] == h for x, e in zip(leaves, exp_leaves)):
-    return True
-  raise ValueError(f"attention: params for score {score_name!r} must have leaf ranks "
-                   f"{[e.ndim for e in exp_leaves]} (shared) or a leading [{h}] heads axis, got shapes "
-                   f"{[tuple(x.shape) for x in leaves]}")
 
 
 def _seq_vmap(fn, in_axes, out_axes=0, batch_size=None):
@@ -275,7 +252,7 @@ def attention(query: Array, key: Array, value: Array, *, score: str = "scaled_do
                      f"impl='auto' (valid impl values: {IMPLS})")
   use_blocked = kind is not None and (impl == "blocked" or (
       impl == "auto" and lq * lk >= AUTO_BLOCKED_MIN_PAIRS))
-  per_head = _params_per_head(score_fn, score, params, d, h)
+  per_head = _params.per_head("attention", score, score_fn.init, params, d, h, "init_params")
   mask4 = _mask4(mask, causal, b, h, lq, lk, broadcast=not use_blocked)
   if mask4 is not None:
     mb, mh = mask4.shape[:2]

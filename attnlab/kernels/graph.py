@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from attnlab import registry
+from attnlab.kernels import _params
 from attnlab.kernels import normalizers as _normalizers
 from attnlab.kernels.dropout import dropout_weights
 
@@ -117,31 +118,11 @@ def init_graph_params(score: str, rng: Array, dim: int, *, num_heads: int | None
   return jax.vmap(lambda r: s.init(r, dim))(jax.random.split(rng, num_heads))
 
 
-def _params_axis(name: str, s: GraphScore, params: Any, dim: int, heads: int) -> int | None:
-  """0 if ``params`` carry a leading [heads] axis, None if shared (or parameter-free)."""
-  if s.init is None:
-    if params is not None:
-      raise ValueError(f"graph attention: score {name!r} takes no params, got {type(params).__name__}")
-    return None
-  if params is None:
-    raise ValueError(f"graph attention: score {name!r} needs params; make them with "
-                     f"attnlab.kernels.init_graph_params({name!r}, rng, dim={dim}, num_heads={heads})")
-  expected = jax.tree.leaves(jax.eval_shape(lambda: s.init(jax.random.key(0), dim)))
-  leaves = jax.tree.leaves(params)
-  if len(leaves) == len(expected):
-    if all(x.shape == e.shape for x, e in zip(leaves, expected)):
-      return None
-    if all(x.shape == (heads,) + e.shape for x, e in zip(leaves, expected)):
-      return 0
-  raise ValueError(f"graph attention: params for score {name!r} must have shapes "
-                   f"{[e.shape for e in expected]} (shared) or with a leading [{heads}] heads axis, "
-                   f"got {[x.shape for x in leaves]}")
-
-
 def _node_features(name: str, params: Any, h: Array):
   """(score, fd [N, H, A], fs [N, H, A], params axis) for node features h [N, H, F]."""
   s = get_graph_score(name)
-  p_axis = _params_axis(name, s, params, h.shape[-1], h.shape[1])
+  p_axis = 0 if _params.per_head("graph attention", name, s.init, params, h.shape[-1], h.shape[1],
+                                 "init_graph_params") else None
   f = lambda proj: jax.vmap(proj, in_axes=(p_axis, 1), out_axes=1)(params, h)
   return s, f(s.project_dst), f(s.project_src), p_axis
 
