@@ -29,6 +29,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from attnlab import prng
+
 
 def make_optimizer(o: Any, steps: int) -> optax.GradientTransformation:
   """The optax chain of ``config.optim`` (see attnlab.config)."""
@@ -91,7 +93,7 @@ def build(model_cls: type, spec: dict, options: dict, family: str, tx: optax.Gra
     return params, rest, tx.init(params)
 
   init = jax.jit(jax.vmap(init_one))
-  jax.eval_shape(init, jax.random.split(jax.random.key(0), 1))  # sets the graphdef
+  jax.eval_shape(init, jax.random.split(prng.key(0), 1))  # sets the graphdef
   graphdef = holder["graphdef"]
 
   def loss_fn(params, rest, batch):

@@ -33,14 +33,18 @@ from attnlab import kernels
 D, H = 64, 8
 
 
-def _time_interleaved(jobs, repeats):
+def _time_interleaved(jobs, repeats, pause=0.0):
   """Median seconds of each zero-argument callable; after one warm-up (and compile) each, the timed
-  runs go round-robin over all jobs, so that a change in machine load hits every method alike."""
+  runs go round-robin over all jobs, so that a change in machine load hits every method alike.
+  ``pause`` seconds of sleep before each timed run: torch's OpenMP threads spin for a while after
+  a parallel region and otherwise steal a core from whichever method runs next (measured: JAX
+  methods timed right after torch ran 10-15 % slower)."""
   for fn in jobs:
     jax.block_until_ready(fn())
   ts = [[] for _ in jobs]
   for _ in range(repeats):
     for fn, t_list in zip(jobs, ts):
+      time.sleep(pause)
       t = time.perf_counter()
       jax.block_until_ready(fn())
       t_list.append(time.perf_counter() - t)
@@ -109,7 +113,8 @@ def _torch_jobs(b, n, threads):
   return fwd, fb
 
 
-def bench_size(n, b, repeats, max_dense_gb, skip_additive_from, skip=(), torch_threads=1):
+def bench_size(n, b, repeats, max_dense_gb, skip_additive_from, skip=(), torch_threads=1,
+               pause=0.0):
   key = jax.random.split(jax.random.key(0), 3)
   q, k, v = (jax.random.normal(kk, (b, n, H, D), jnp.float32) for kk in key)  # [B, N, H, D]
   ap = kernels.init_params("additive", jax.random.key(1), D)
@@ -140,7 +145,7 @@ def bench_size(n, b, repeats, max_dense_gb, skip_additive_from, skip=(), torch_t
       timed.append(row)
   except ImportError:
     print("torch not installed: skipping torch SDPA")
-  for row, t in zip(timed, _time_interleaved(jobs, repeats)):
+  for row, t in zip(timed, _time_interleaved(jobs, repeats, pause)):
     row.update(seconds=t, gflops=row["flops"] / t / 1e9)
   for row in rows:
     print(_fmt(row), flush=True)
@@ -210,17 +215,20 @@ def main(argv=None):
   ap.add_argument("--targets", action="store_true", help="also run the N=32768 / additive RSS targets")
   ap.add_argument("--skip", default="", help="comma-separated method names to leave out")
   ap.add_argument("--torch-threads", type=int, default=os.cpu_count())
+  ap.add_argument("--pause", type=float, default=0.3,
+                  help="seconds of idle before each timed run (lets torch's OpenMP threads sleep)")
   ap.add_argument("--out", default="benchmarks/kernels.json")
   args = ap.parse_args(argv)
   rows = []
   start = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
-           "loadavg_start": os.getloadavg(), "argv": sys.argv[1:], "torch_threads": args.torch_threads}
+           "loadavg_start": os.getloadavg(), "argv": sys.argv[1:], "torch_threads": args.torch_threads,
+           "pause_s": args.pause}
   print(f"{start['date']} load average {start['loadavg_start']}", flush=True)
   skip = tuple(x for x in args.skip.split(",") if x)
   for n in map(int, args.sizes.split(",")) if args.sizes else ():
     b = args.large_batch if n >= args.large_from else args.batch
     rows += bench_size(n, b, args.repeats, args.max_dense_gb, args.additive_up_to + 1, skip,
-                       args.torch_threads)
+                       args.torch_threads, args.pause)
   _table(rows)
   print(f"load average at the end {os.getloadavg()}")
   result = {**start, "loadavg_end": os.getloadavg(),

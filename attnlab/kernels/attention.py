@@ -16,9 +16,9 @@ Two implementations of the one-head kernel, chosen by ``impl``:
   ``return_weights`` (the weights are exactly the [Lq, Lk] matrix it avoids).
 * ``"auto"`` (default): blocked when it applies and Lq·Lk ≥ ``AUTO_BLOCKED_MIN_PAIRS``, else dense.
 
-Dense maps the one-head kernel over (batch, kv head, group) with ``jax.vmap``; blocked with
-``_seq_vmap`` (``lax.map``), ``BLOCKED_HEADS_PER_STEP`` heads at a time (default one): each head's
-blocks then stay in cache and only one head's block temporaries are live. On the 2-core CPU this is
+Dense maps the one-head kernel over (batch, kv head, group) with ``jax.vmap`` (``_batched``); blocked
+with one ``lax.map`` over all of them (``_seq_map``), ``BLOCKED_HEADS_PER_STEP`` heads at a time
+(default one): each head's blocks then stay in cache and only one head's block temporaries are live. On the 2-core CPU this is
 as fast as vmapping all heads with (1024, 512) blocks (and faster with smaller blocks, where the 32
 batched blocks overflow L2); on GPU/TPU set it to the number of heads (pure parameter choice).
 """
@@ -118,35 +118,38 @@ def _mask4(mask, causal, b, h, lq, lk, broadcast=True):
   return mask
 
 
-def _seq_vmap(fn, in_axes, out_axes=0, batch_size=None):
-  """``jax.vmap(fn, in_axes, out_axes)`` computed by ``lax.map``: ``batch_size`` slices at a time
-  (one at a time when None). Same results; the loop keeps one head's blocks in cache (blocked path).
+def _seq_map(kernel, q, k, v, mask, params, per_head, batch_size=None):
+  """The blocked path's map: ONE ``lax.map`` over all (example, kv head, group) slices, in a
+  head-major layout so that each slice's q, k, v are contiguous (``batch_size`` slices at a time;
+  one when None). Same results as ``_batched``; each head's blocks stay in cache, and the layout is
+  changed once, not at every level of a nested map.
+
+  q [B, Lq, Hkv, G, D], k [B, Lk, Hkv, D], v [B, Lk, Hkv, Dv], mask [B|1, Hkv|1, G|1, Lq|1, Lk|1]
+  or None, params leaves [Hkv, G, ...] if per_head. Returns out [B, Lq, Hkv, G, Dv].
   """
-  def mapped(*args):
-    axes = in_axes if isinstance(in_axes, tuple) else (in_axes,) * len(args)
-    idx = [i for i, ax in enumerate(axes) if ax is not None]
-    xs = tuple(jax.tree.map(lambda x, ax=axes[i]: jnp.moveaxis(x, ax, 0), args[i]) for i in idx)
+  b, lq, hkv, g, _ = q.shape
+  qs = jnp.transpose(q, (0, 2, 3, 1, 4)).reshape((b * hkv * g, lq, q.shape[-1]))  # [S, Lq, D]
+  kt, vt = jnp.transpose(k, (0, 2, 1, 3)), jnp.transpose(v, (0, 2, 1, 3))  # [B, Hkv, Lk, D|Dv]
+  pick = lambda x, i, axis: x[i if x.shape[axis] > 1 else 0]
 
-    def body(xs_):
-      full = list(args)
-      for i, x in zip(idx, xs_):
-        full[i] = x
-      return fn(*full)
+  def body(xs):
+    s, q1 = xs
+    bi, kv, gi = s // (hkv * g), (s // g) % hkv, s % g
+    m1 = None if mask is None else pick(pick(pick(mask, bi, 0), kv, 0), gi, 0)  # [Lq|1, Lk|1]
+    p1 = jax.tree.map(lambda x: x[kv, gi], params) if per_head else params
+    return kernel(q1, kt[bi, kv], vt[bi, kv], m1, p1, None)[0]  # [Lq, Dv]
 
-    out = jax.lax.map(body, xs, batch_size=batch_size)
-    oax = out_axes if isinstance(out_axes, tuple) else (out_axes,) * len(out)
-    return tuple(jax.tree.map(lambda x, ax=ax: jnp.moveaxis(x, 0, ax), o) for o, ax in zip(out, oax))
-
-  return mapped
+  out = jax.lax.map(body, (jnp.arange(b * hkv * g), qs), batch_size=batch_size)  # [S, Lq, Dv]
+  return jnp.transpose(out.reshape((b, hkv, g, lq, out.shape[-1])), (0, 3, 1, 2, 4))
 
 
-def _batched(kernel, q, k, v, mask, params, rngs, per_head, vmap=jax.vmap):
-  """The one place where the one-head kernel is mapped over heads and batch.
+def _batched(kernel, q, k, v, mask, params, rngs, per_head):
+  """The one place where the dense one-head kernel is vmapped over heads and batch.
 
   q [B, Lq, Hkv, G, D], k [B, Lk, Hkv, D], v [B, Lk, Hkv, Dv], mask [B|1, Hkv|1, G|1, Lq, Lk] or None,
-  params leaves [Hkv, G, ...] if per_head, rngs [B, Hkv, G] keys or None. ``vmap``: ``jax.vmap``
-  (dense) or a sequential ``_seq_vmap`` (blocked).
+  params leaves [Hkv, G, ...] if per_head, rngs [B, Hkv, G] keys or None.
   """
+  vmap = jax.vmap
   m_b, m_kv, m_g = (None if mask is None else (0 if n > 1 else None) for n in
                     (mask.shape[:3] if mask is not None else (1, 1, 1)))
   squeeze = lambda m, ax: m if m is None or ax == 0 else m.squeeze(0)
@@ -278,10 +281,11 @@ def attention(query: Array, key: Array, value: Array, *, score: str = "scaled_do
                            target_kwargs=target_kwargs)
 
   q5 = query.reshape(b, lq, hkv, g, d)  # [B, Lq, Hkv, G, D]
-  vmap = jax.vmap
   if use_blocked:  # heads one after another (BLOCKED_HEADS_PER_STEP at a time): see the docstring
-    vmap = functools.partial(_seq_vmap, batch_size=BLOCKED_HEADS_PER_STEP)
-  out, alpha, aux = _batched(kernel, q5, key, value, mask4, params, rngs, per_head, vmap)
+    out = _seq_map(kernel, q5, key, value, mask4, params, per_head, BLOCKED_HEADS_PER_STEP)
+    alpha, aux = None, {}
+  else:
+    out, alpha, aux = _batched(kernel, q5, key, value, mask4, params, rngs, per_head)
   out = out.reshape(b, lq, h, value.shape[-1])  # [B, Lq, H, Dv]
   result = (out,)
   if return_weights:

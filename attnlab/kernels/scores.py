@@ -38,7 +38,8 @@ def _identity(params, x):
   return x
 
 
-def _dot_pairwise(params, fq, fk):  # [Lq, F], [Lk, F] -> [Lq, Lk]
+def dot_pairwise(params, fq, fk):  # [Lq, F], [Lk, F] -> [Lq, Lk]
+  """fq · fkᵀ: the dot-product family's pairwise stage (the blocked kernel has a fast path for it)."""
   del params
   return fq @ fk.T
 
@@ -98,16 +99,16 @@ def _unit(x):  # rows of x scaled to unit L2 norm; a zero row stays zero
   return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), 1e-12))
 
 
-registry.register("score", "dot", Score(pairwise=_dot_pairwise))
+registry.register("score", "dot", Score(pairwise=dot_pairwise))
 registry.register("score", "scaled_dot", Score(
-    pairwise=_dot_pairwise,
+    pairwise=dot_pairwise,
     project_q=lambda params, q: q * (1.0 / math.sqrt(q.shape[-1]))))
 registry.register("score", "general", Score(
-    pairwise=_dot_pairwise,
+    pairwise=dot_pairwise,
     project_q=lambda params, q: q @ params["W"],  # [Lq, D] @ [D, D]
     init=_init_general))
 registry.register("score", "cosine", Score(
-    pairwise=_dot_pairwise,
+    pairwise=dot_pairwise,
     project_q=lambda params, q: _unit(q) * jnp.exp(params["log_scale"]),
     project_k=lambda params, k: _unit(k),
     init=_init_cosine))
