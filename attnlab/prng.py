@@ -3,8 +3,10 @@
 jaxlib lowers the Threefry hash on CPU as a rolled five-step loop (to keep compile times short),
 so XLA cannot fuse it with its consumers and every random bit costs ~18 ns; dropout masks then
 dominate small models (GAT on Cora: ~10 ms of RNG per seed and epoch). This implementation
-computes the same hash as one unrolled chain of uint32 adds, rotations and xors that XLA fuses
-into the mask computation (about 12x faster on CPU; plain jnp, so it runs unchanged on GPU/TPU).
+computes the same hash as one unrolled chain of uint32 adds, rotations and xors that XLA compiles
+into one vectorised loop (3-7x faster draws on CPU, benchmarks/prng.py; plain jnp, so it runs
+unchanged on GPU/TPU). The bits are materialised once (an optimisation barrier), so XLA cannot
+recompute the hash inside a consumer that broadcasts them.
 
 Keys made with ``key(seed)`` give exactly the bits, splits and fold-ins of ``jax.random.key(seed)``
 under JAX's default ``jax_threefry_partitionable=True`` (tests/test_prng.py checks this against
@@ -71,8 +73,13 @@ def _random_bits(key_data: jax.Array, bit_width: int, shape: tuple[int, ...]) ->
   b1, b2 = threefry2x32(key_data[0], key_data[1], jnp.zeros_like(lo), lo)
   dtype = jnp.dtype(f"uint{bit_width}")
   if bit_width == 64:
-    return (b1.astype(dtype) << np.uint64(32)) | b2.astype(dtype)
-  return (b1 ^ b2).astype(dtype)
+    bits = (b1.astype(dtype) << np.uint64(32)) | b2.astype(dtype)
+  else:
+    bits = (b1 ^ b2).astype(dtype)
+  # Materialise the bits once: left fusible, XLA may copy the ~100-op hash into a broadcasting
+  # consumer and recompute it per output element (seen: a [nnz] dropout mask recomputed 64x inside
+  # a [nnz, 64] gather fusion).
+  return lax.optimization_barrier(bits)
 
 
 IMPL = jex_random.define_prng_impl(

@@ -1,0 +1,100 @@
+"""Cost of one GAT-on-Cora epoch (the runner's compiled train step + validation), 1 vs S seeds.
+
+    python benchmarks/cora_epoch.py --data_dir ../shared/data/planetoid --seeds 1,10 --repeats 10
+
+Builds exactly the programs ``attnlab train --config=configs/cora_gat.py`` runs (steps.build on the
+config's task, model and optimiser; seeds vmapped) and times ``train_chunk`` (one optimiser step)
+and ``validate`` (deterministic val forward + early-stopping update), median of ``--repeats``
+after a warm-up. ``--profile DIR`` also writes a JAX profiler trace of the train step for the
+largest seed count and prints the XLA ops that took the most time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import gzip
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from attnlab import config as config_lib
+from attnlab import parallel, prng, steps, train
+
+
+def programs(data_dir: str, seeds: int):
+  c = config_lib.load_file("configs/cora_gat.py")
+  c.unlock()
+  c.data_dir, c.train.seeds = data_dir, tuple(range(seeds))
+  task = train.make_task(c)
+  data = train._Data(task, c, list(c.train.seeds), parallel.make_mesh())  # noqa: SLF001
+  prog = steps.build(train.model_class(c, task), task.spec, c.model.options.to_dict(), task.family,
+                     steps.make_optimizer(c.optim, c.train.steps),
+                     es_metrics=config_lib.early_stopping_metrics(c),
+                     patience=c.train.early_stopping.patience, seed_axis=data.seed_axis,
+                     eval_seed_axis=data.eval_seed_axis, static_train=data.static,
+                     metric_names=tuple(task.metrics))
+  params, rest, opt = prog.init(jnp.stack([prng.key(s) for s in c.train.seeds]))
+  es = prog.es_init(params, rest, c.train.steps)
+  live = jnp.ones((1,), bool)
+  state = {"p": (params, rest, opt)}
+
+  def step():
+    *new, _ = prog.train_chunk(*state["p"], es["active"], data.static_batch, live)
+    state["p"] = tuple(new)
+    return new[0]
+
+  return step, lambda: prog.validate(*state["p"][:2], es, data.eval["val"], 1)
+
+
+def _median_ms(fn, repeats):
+  jax.block_until_ready(fn())
+  ts = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    jax.block_until_ready(fn())
+    ts.append(time.perf_counter() - t)
+  return 1e3 * float(np.median(ts))
+
+
+def _profile(fn, where: str, top: int = 15):
+  jax.profiler.start_trace(where, create_perfetto_trace=True)
+  for _ in range(3):
+    jax.block_until_ready(fn())
+  jax.profiler.stop_trace()
+  trace = sorted(glob.glob(f"{where}/**/perfetto_trace.json.gz", recursive=True))[-1]
+  events = json.load(gzip.open(trace))
+  events = events["traceEvents"] if isinstance(events, dict) else events
+  total, count = collections.Counter(), collections.Counter()
+  for e in events:
+    if e.get("ph") == "X" and "dur" in e and not e["name"].startswith("$"):
+      total[e["name"]] += e["dur"]
+      count[e["name"]] += 1
+  print(f"top XLA ops of one train step (ms per step; async dots count their launch only):")
+  for name, us in total.most_common(top):
+    print(f"  {us / 3e3:8.2f} ms  {count[name] // 3:4d}x  {name[:90]}")
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap.add_argument("--data_dir", required=True, help="directory of the Planetoid ind.cora.* files")
+  ap.add_argument("--seeds", default="1,10")
+  ap.add_argument("--repeats", type=int, default=10)
+  ap.add_argument("--profile", default="", help="write a profiler trace here and print top ops")
+  args = ap.parse_args(argv)
+  counts = [int(s) for s in args.seeds.split(",")]
+  print(f"{'seeds':>5} {'train step':>12} {'validate':>10} {'epoch':>9} {'per seed':>9}")
+  for s in counts:
+    step, validate = programs(args.data_dir, s)
+    t, v = _median_ms(step, args.repeats), _median_ms(validate, args.repeats)
+    print(f"{s:>5} {t:>9.1f} ms {v:>7.1f} ms {t + v:>6.1f} ms {(t + v) / s:>6.1f} ms")
+    if args.profile and s == max(counts):
+      _profile(step, args.profile)
+
+
+if __name__ == "__main__":
+  main()
