@@ -167,9 +167,9 @@ def _weights(kind, s2, bias, m, lse):
   return a if m is None else jnp.where(m, a, 0.0)
 
 
-def _log2_scaled(fq, dot_family):
-  """fq·log2 e for the dot family (then fq fkᵀ is already in log2 units), else fq."""
-  return (fq.astype(jnp.float32) * LOG2E).astype(fq.dtype) if dot_family else fq
+def _folds_log2e(pairwise, fq) -> bool:
+  """Whether log2 e is folded into fq (dot family in fp32; a bf16 fq would round it once more)."""
+  return pairwise is scores.dot_pairwise and fq.dtype == jnp.float32
 
 
 def _dscores(kind, a, dp, delta, dbias):
@@ -183,8 +183,8 @@ def _dscores(kind, a, dp, delta, dbias):
 def _forward(pairwise, kind, plan, params, fq, fk, v, mask, bias):
   """out [nq·Bq, Dv] (f32) and lse' [nq·Bq] (log2 units; softmax only)."""
   f, dv = fq.shape[-1], v.shape[-1]
-  dot_family = pairwise is scores.dot_pairwise
-  fqb = _log2_scaled(fq, dot_family).reshape(plan.nq, plan.bq, f)  # [nq, Bq, F]
+  fold = _folds_log2e(pairwise, fq)
+  fqb = (fq * LOG2E if fold else fq).reshape(plan.nq, plan.bq, f)  # [nq, Bq, F]
   fkb = fk.reshape(plan.nk, plan.bk, f)  # [nk, Bk, F]
   vb = v.reshape(plan.nk, plan.bk, dv)  # [nk, Bk, Dv]
 
@@ -194,7 +194,7 @@ def _forward(pairwise, kind, plan, params, fq, fk, v, mask, bias):
     def kv_step(j, carry):
       m_run, l_run, acc = carry  # [Bq], [Bq], [Bq, Dv]
       s = _scores(pairwise, params, fq_i, fkb[j])  # [Bq, Bk]
-      s = s if dot_family else s * LOG2E  # log2 units
+      s = s if fold else s * LOG2E  # log2 units
       m = plan.block_mask(mask, i, j)
       if kind == "softmax":
         s2 = s
@@ -231,8 +231,8 @@ def _backward(pairwise, kind, plan, params, fq, fk, v, mask, bias, out, lse, dou
   fqb = fq.reshape(plan.nq, plan.bq, f)
   fkb = fk.reshape(plan.nk, plan.bk, f)
   vb = v.reshape(plan.nk, plan.bk, dv)
-  dot_family = pairwise is scores.dot_pairwise
-  fq2b = _log2_scaled(fq, dot_family).reshape(plan.nq, plan.bq, f)  # scores in log2 units
+  dot_family, fold = pairwise is scores.dot_pairwise, _folds_log2e(pairwise, fq)
+  fq2b = (fq * LOG2E if fold else fq).reshape(plan.nq, plan.bq, f)  # scores in log2 units if fold
   dob = dout.astype(jnp.float32).reshape(plan.nq, plan.bq, dv)  # [nq, Bq, Dv]
   lseb = lse.reshape(plan.nq, plan.bq)
   if kind == "softmax":
@@ -256,7 +256,8 @@ def _backward(pairwise, kind, plan, params, fq, fk, v, mask, bias, out, lse, dou
       m = plan.block_mask(mask, i, j)
       if dot_family:  # transposed blocks aᵀ, dPᵀ, dSᵀ [Bk, Bq]
         fq32, fk32 = fq_i.astype(jnp.float32), fk_j.astype(jnp.float32)
-        a = _weights(kind, mm(fk32, fq2b[i].astype(jnp.float32), 1, 1), bias,
+        s2 = mm(fk32, fq2b[i].astype(jnp.float32), 1, 1)  # sᵀ [Bk, Bq]
+        a = _weights(kind, s2 if fold else s2 * LOG2E, bias,
                      None if m is None else m.T, lseb[i][None, :])
         dv_j = dv_j + mm(a, do_i, 1, 0)  # [Bk, Dv]
         ds, dbias = _dscores(kind, a, mm(v_j.astype(jnp.float32), do_i, 1, 1), delta[i][None, :], dbias)
