@@ -16,11 +16,12 @@ Two implementations of the one-head kernel, chosen by ``impl``:
   ``return_weights`` (the weights are exactly the [Lq, Lk] matrix it avoids).
 * ``"auto"`` (default): blocked when it applies and Lq·Lk ≥ ``AUTO_BLOCKED_MIN_PAIRS``, else dense.
 
-Dense maps the one-head kernel over (batch, kv head, group) with ``jax.vmap`` (``_batched``); blocked
-with one ``lax.map`` over all of them (``_seq_map``), ``BLOCKED_HEADS_PER_STEP`` heads at a time
-(default one): each head's blocks then stay in cache and only one head's block temporaries are live. On the 2-core CPU this is
-as fast as vmapping all heads with (1024, 512) blocks (and faster with smaller blocks, where the 32
-batched blocks overflow L2); on GPU/TPU set it to the number of heads (pure parameter choice).
+Dense maps the one-head kernel over (batch, kv head, group) with ``jax.vmap`` (``_batched``);
+blocked with one ``lax.map`` over all of them (``_seq_map``), ``BLOCKED_HEADS_PER_STEP`` heads at
+a time (default one): each head's blocks then stay in cache and only one head's block temporaries
+are live. On the 2-core CPU this is as fast as vmapping all heads with (1024, 512) blocks (and
+faster with smaller blocks, where the 32 batched blocks overflow L2); on GPU/TPU set it to the
+number of heads (pure parameter choice).
 """
 
 from __future__ import annotations
@@ -130,12 +131,12 @@ def _seq_map(kernel, q, k, v, mask, params, per_head, batch_size=None):
   b, lq, hkv, g, _ = q.shape
   qs = jnp.transpose(q, (0, 2, 3, 1, 4)).reshape((b * hkv * g, lq, q.shape[-1]))  # [S, Lq, D]
   kt, vt = jnp.transpose(k, (0, 2, 1, 3)), jnp.transpose(v, (0, 2, 1, 3))  # [B, Hkv, Lk, D|Dv]
-  pick = lambda x, i, axis: x[i if x.shape[axis] > 1 else 0]
+  pick = lambda x, i: x[i if x.shape[0] > 1 else 0]  # index a leading axis of size n or 1
 
   def body(xs):
     s, q1 = xs
     bi, kv, gi = s // (hkv * g), (s // g) % hkv, s % g
-    m1 = None if mask is None else pick(pick(pick(mask, bi, 0), kv, 0), gi, 0)  # [Lq|1, Lk|1]
+    m1 = None if mask is None else pick(pick(pick(mask, bi), kv), gi)  # [Lq|1, Lk|1]
     p1 = jax.tree.map(lambda x: x[kv, gi], params) if per_head else params
     return kernel(q1, kt[bi, kv], vt[bi, kv], m1, p1, None)[0]  # [Lq, Dv]
 
