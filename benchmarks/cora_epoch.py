@@ -16,7 +16,6 @@ import collections
 import glob
 import gzip
 import json
-import time
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +23,7 @@ import numpy as np
 
 from attnlab import config as config_lib
 from attnlab import parallel, prng, steps, train
+from _timing import time_interleaved  # benchmarks/ is on sys.path when run as a script
 
 
 def programs(data_dir: str, seeds: int):
@@ -48,17 +48,8 @@ def programs(data_dir: str, seeds: int):
     state["p"] = tuple(new)
     return new[0]
 
+  jax.block_until_ready(step())  # the step's outputs (its next inputs) may be placed differently
   return step, lambda: prog.validate(*state["p"][:2], es, data.eval["val"], 1)
-
-
-def _median_ms(fn, repeats):
-  jax.block_until_ready(fn())
-  ts = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    jax.block_until_ready(fn())
-    ts.append(time.perf_counter() - t)
-  return 1e3 * float(np.median(ts))
 
 
 def _profile(fn, where: str, top: int = 15):
@@ -90,7 +81,7 @@ def main(argv=None):
   print(f"{'seeds':>5} {'train step':>12} {'validate':>10} {'epoch':>9} {'per seed':>9}")
   for s in counts:
     step, validate = programs(args.data_dir, s)
-    t, v = _median_ms(step, args.repeats), _median_ms(validate, args.repeats)
+    t, v = (1e3 * x for x in time_interleaved([step, validate], args.repeats))
     print(f"{s:>5} {t:>9.1f} ms {v:>7.1f} ms {t + v:>6.1f} ms {(t + v) / s:>6.1f} ms")
     if args.profile and s == max(counts):
       _profile(step, args.profile)

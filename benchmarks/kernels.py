@@ -22,33 +22,15 @@ import os
 import resource
 import subprocess
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from attnlab import kernels
+from _timing import time_interleaved  # benchmarks/ is on sys.path when run as a script
 
 D, H = 64, 8
-
-
-def _time_interleaved(jobs, repeats, pause=0.0):
-  """Median seconds of each zero-argument callable; after one warm-up (and compile) each, the timed
-  runs go round-robin over all jobs, so that a change in machine load hits every method alike.
-  ``pause`` seconds of sleep before each timed run: torch's OpenMP threads spin for a while after
-  a parallel region and otherwise steal a core from whichever method runs next (measured: JAX
-  methods timed right after torch ran 10-15 % slower)."""
-  for fn in jobs:
-    jax.block_until_ready(fn())
-  ts = [[] for _ in jobs]
-  for _ in range(repeats):
-    for fn, t_list in zip(jobs, ts):
-      time.sleep(pause)
-      t = time.perf_counter()
-      jax.block_until_ready(fn())
-      t_list.append(time.perf_counter() - t)
-  return [float(np.median(t)) for t in ts]
 
 
 def _jax_mem(fn, args):
@@ -145,7 +127,7 @@ def bench_size(n, b, repeats, max_dense_gb, skip_additive_from, skip=(), torch_t
       timed.append(row)
   except ImportError:
     print("torch not installed: skipping torch SDPA")
-  for row, t in zip(timed, _time_interleaved(jobs, repeats, pause)):
+  for row, t in zip(timed, time_interleaved(jobs, repeats, pause)):
     row.update(seconds=t, gflops=row["flops"] / t / 1e9)
   for row in rows:
     print(_fmt(row), flush=True)

@@ -15,14 +15,13 @@ import argparse
 import datetime
 import json
 import os
-import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from attnlab import modules, prng
+from _timing import time_interleaved  # benchmarks/ is on sys.path when run as a script
 
 SHAPES = {"GAT dropout masks, 10 seeds (5.3M)": (5_300_000,),
           "attention weights [4, 8, 1024, 1024]": (4, 8, 1024, 1024)}
@@ -31,15 +30,7 @@ DRAWS = {"bernoulli(0.4)": lambda k, s: jax.random.bernoulli(k, 0.4, s),
 
 
 def _median_times(jobs, repeats):
-  for fn in jobs.values():
-    jax.block_until_ready(fn())
-  ts = {name: [] for name in jobs}
-  for _ in range(repeats):
-    for name, fn in jobs.items():
-      t = time.perf_counter()
-      jax.block_until_ready(fn())
-      ts[name].append(time.perf_counter() - t)
-  return {name: float(np.median(t)) for name, t in ts.items()}
+  return dict(zip(jobs, time_interleaved(list(jobs.values()), repeats)))
 
 
 def _mha_job(make_key):

@@ -150,7 +150,6 @@ def _batched(kernel, q, k, v, mask, params, rngs, per_head):
   q [B, Lq, Hkv, G, D], k [B, Lk, Hkv, D], v [B, Lk, Hkv, Dv], mask [B|1, Hkv|1, G|1, Lq, Lk] or None,
   params leaves [Hkv, G, ...] if per_head, rngs [B, Hkv, G] keys or None.
   """
-  vmap = jax.vmap
   m_b, m_kv, m_g = (None if mask is None else (0 if n > 1 else None) for n in
                     (mask.shape[:3] if mask is not None else (1, 1, 1)))
   squeeze = lambda m, ax: m if m is None or ax == 0 else m.squeeze(0)
@@ -159,14 +158,14 @@ def _batched(kernel, q, k, v, mask, params, rngs, per_head):
 
   def per_group(q_g, k_, v_, mask_g, params_g, rngs_g):  # q_g [Lq, G, D]
     f = lambda q1, m1, p1, r1: kernel(q1, k_, v_, m1, p1, r1)
-    return vmap(f, in_axes=(1, m_g, p, r), out_axes=(1, 0, 0))(
+    return jax.vmap(f, in_axes=(1, m_g, p, r), out_axes=(1, 0, 0))(
         q_g, squeeze(mask_g, m_g), params_g, rngs_g)
 
   def per_example(q_b, k_b, v_b, mask_b, rngs_b):  # q_b [Lq, Hkv, G, D]
-    return vmap(per_group, in_axes=(1, 1, 1, m_kv, p, r), out_axes=(1, 0, 0))(
+    return jax.vmap(per_group, in_axes=(1, 1, 1, m_kv, p, r), out_axes=(1, 0, 0))(
         q_b, k_b, v_b, squeeze(mask_b, m_kv), params, rngs_b)
 
-  return vmap(per_example, in_axes=(0, 0, 0, m_b, r))(q, k, v, squeeze(mask, m_b), rngs)
+  return jax.vmap(per_example, in_axes=(0, 0, 0, m_b, r))(q, k, v, squeeze(mask, m_b), rngs)
 
 
 def _blocked_kind(norm, tgt, normalizer, target, return_weights, normalizer_kwargs):
