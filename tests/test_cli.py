@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import pytest
 
 from attnlab import config as config_lib, results, sweep
@@ -19,9 +20,13 @@ TOY = str(HERE / "runner_toy.py")
 SMOKE = REPO / "configs" / "sweeps" / "smoke.py"
 
 
+# Subprocesses share the tests' compilation cache (tests/conftest.py), not the user's ~/.cache.
+ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "ATTNLAB_CACHE_DIR": jax.config.jax_compilation_cache_dir}
+
+
 def attnlab(*args, timeout=240, cwd=None):
   return subprocess.run([sys.executable, "-m", "attnlab.cli", *args], capture_output=True, text=True,
-                        timeout=timeout, cwd=cwd or REPO, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+                        timeout=timeout, cwd=cwd or REPO, env=ENV)
 
 
 def test_list_prints_every_kind():
@@ -66,8 +71,7 @@ def test_sweep_killed_after_first_line_then_resumed(tmp_path):
   workdir = tmp_path / "sweep"
   args = ["sweep", f"--config={SMOKE}:tiny", f"--workdir={workdir}", "--noprogress", "--noplots"]
   proc = subprocess.Popen([sys.executable, "-m", "attnlab.cli", *args], cwd=REPO,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV)
   res = workdir / "results.jsonl"
   deadline = time.time() + 200
   while time.time() < deadline and proc.poll() is None:

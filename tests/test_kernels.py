@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from attnlab import kernels, registry
+from attnlab import kernels, prng, registry
 from tests import reference
 
 SCORES = registry.names("score")
@@ -34,17 +34,9 @@ def _params(score, dtype=jnp.float32):
 def test_contract(score, normalizer, target):
   q, k, v = _inputs()
   params = _params(score)
+  # prng.key: the same bits as jax.random.key, several times faster to compile (tests/test_prng.py).
   kw = dict(score=score, normalizer=normalizer, target=target, params=params,
-            rng=jax.random.key(3), causal=True, return_weights=True)
-  out, w = kernels.attention(q, k, v, **kw)
-  chex.assert_shape(out, (B, LQ, H, DV))
-  chex.assert_shape(w, (B, H, LQ, LK))
-  chex.assert_tree_all_finite((out, w))
-  with jax.disable_jit():
-    out_eager, w_eager = kernels.attention(q, k, v, **kw)
-  np.testing.assert_allclose(out, out_eager, rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(w, w_eager, rtol=1e-5, atol=1e-5)
-
+            rng=prng.key(3), causal=True, return_weights=True)
   chex.clear_trace_counter()
 
   @jax.jit
@@ -52,7 +44,14 @@ def test_contract(score, normalizer, target):
   def f(q, k, v):
     return kernels.attention(q, k, v, **kw)
 
-  f(q, k, v)
+  out, w = f(q, k, v)
+  chex.assert_shape(out, (B, LQ, H, DV))
+  chex.assert_shape(w, (B, H, LQ, LK))
+  chex.assert_tree_all_finite((out, w))
+  with jax.disable_jit():
+    out_eager, w_eager = kernels.attention(q, k, v, **kw)
+  np.testing.assert_allclose(out, out_eager, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(w, w_eager, rtol=1e-5, atol=1e-5)
   f(q + 1.0, k, v)  # same shapes, new values: no retrace
 
 

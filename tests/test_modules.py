@@ -391,7 +391,8 @@ def test_gat_value_dropout_scores_from_undropped_features(graph_x):
   _, w_drop = layer(x, EDGES, deterministic=False, return_weights=True)
   np.testing.assert_allclose(w_drop["alpha"], w_clean["alpha"], atol=1e-6)  # scores undropped
   # Each value is kept (scaled by 2) or zeroed: out_i = Σ_j α_ij m_j h_j, E[m_j] = 1.
-  outs = jnp.stack([layer(x, EDGES, deterministic=False) for _ in range(600)])
+  sample = nnx.jit(lambda m, x: m(x, EDGES, deterministic=False))  # advances the layer's rng
+  outs = jnp.stack([sample(layer, x) for _ in range(600)])
   assert not np.allclose(outs[0], clean)
   np.testing.assert_allclose(outs.mean(0), clean, atol=0.15 * float(jnp.abs(clean).max()))
   lone = layer(x, jnp.zeros((2, 0), jnp.int32), deterministic=False)  # self loops only: out = v

@@ -172,17 +172,17 @@ def test_expand_is_a_union_of_sub_grids():
 
 
 def test_shards_union_to_the_full_sweep(tmp_path):
-  s = toy_sweep()
-  for i in range(2):
+  s = toy_sweep(widths=(8,))  # 3 runs: shard 0 of 2 takes runs 0 and 2, shard 1 run 1
+  for i, n in enumerate((2, 1)):
     counts = sweep.run_sweep(s, str(tmp_path), shard=(i, 2), progress=False)
-    assert counts["runs"] == 2
+    assert counts["runs"] == n
   recs = results.read_lines(tmp_path / "results.jsonl")
   got = sorted(results.key(r) for r in recs)
   want = sorted((results.canonical(r.point), seed) for r in sweep.expand(s) for seed in (0, 1))
   assert got == want
   again = sweep.run_sweep(s, str(tmp_path), progress=False)  # everything done: nothing retrained
-  assert again == {"runs": 4, "trained": 0, "skipped": 4}
-  assert len(results.read_lines(tmp_path / "results.jsonl")) == 8
+  assert again == {"runs": 3, "trained": 0, "skipped": 3}
+  assert len(results.read_lines(tmp_path / "results.jsonl")) == 6
   # a run whose result.json exists but whose lines are missing is recorded without retraining
   text = (tmp_path / "results.jsonl").read_text().splitlines(keepends=True)
   (tmp_path / "results.jsonl").write_text("".join(text[:-1]))

@@ -10,18 +10,15 @@ head h // (H // Hkv)).
 Two implementations of the one-head kernel, chosen by ``impl``:
 
 * ``"dense"``: scores [Lq, Lk] → weights → target (every normalizer and target; returns weights).
-* ``"blocked"``: ``blocked.attend_one_head_blocked``, online softmax/sigmoid over key blocks with a
+* ``"blocked"``: ``blocked.attend_blocked``, online softmax/sigmoid over key blocks with a
   recomputing custom_vjp: O(Lq + Lk) memory, never the [Lq, Lk] scores. Only for the ``soft``
   target, the ``softmax`` and ``sigmoid`` normalizers (scalar bias), and without
   ``return_weights`` (the weights are exactly the [Lq, Lk] matrix it avoids).
 * ``"auto"`` (default): blocked when it applies and Lq·Lk ≥ ``AUTO_BLOCKED_MIN_PAIRS``, else dense.
 
 Dense maps the one-head kernel over (batch, kv head, group) with ``jax.vmap`` (``_batched``);
-blocked with one ``lax.map`` over all of them (``_seq_map``), ``BLOCKED_HEADS_PER_STEP`` heads at
-a time (default one): each head's blocks then stay in cache and only one head's block temporaries
-are live. On the 2-core CPU this is as fast as vmapping all heads with (1024, 512) blocks (and
-faster with smaller blocks, where the 32 batched blocks overflow L2); on GPU/TPU set it to the
-number of heads (pure parameter choice).
+blocked loops over the same slices inside its own custom_vjp (``blocked.py``: one head at a time,
+read from and written to this layout in place).
 """
 
 from __future__ import annotations
@@ -43,9 +40,6 @@ Array = jax.Array
 IMPLS = ("auto", "dense", "blocked")
 # auto: blocked from this many (query, key) pairs per head (dense is faster below, see benchmarks/).
 AUTO_BLOCKED_MIN_PAIRS = 256 * 256
-# Heads (and batch items) the blocked path processes side by side (``lax.map``'s batch_size at each
-# of the batch / kv-head / group levels); None = one after another (CPU-tuned, see the docstring).
-BLOCKED_HEADS_PER_STEP = None
 
 
 def attend_one_head(q, k, v, mask, *, score, normalizer, target, params=None, rng=None,
@@ -117,31 +111,6 @@ def _mask4(mask, causal, b, h, lq, lk, broadcast=True):
     tri = jnp.tril(jnp.ones((lq, lk), jnp.bool_))[None, None]  # query i sees keys j <= i
     mask = tri if mask is None else mask & tri
   return mask
-
-
-def _seq_map(kernel, q, k, v, mask, params, per_head, batch_size=None):
-  """The blocked path's map: ONE ``lax.map`` over all (example, kv head, group) slices, in a
-  head-major layout so that each slice's q, k, v are contiguous (``batch_size`` slices at a time;
-  one when None). Same results as ``_batched``; each head's blocks stay in cache, and the layout is
-  changed once, not at every level of a nested map.
-
-  q [B, Lq, Hkv, G, D], k [B, Lk, Hkv, D], v [B, Lk, Hkv, Dv], mask [B|1, Hkv|1, G|1, Lq|1, Lk|1]
-  or None, params leaves [Hkv, G, ...] if per_head. Returns out [B, Lq, Hkv, G, Dv].
-  """
-  b, lq, hkv, g, _ = q.shape
-  qs = jnp.transpose(q, (0, 2, 3, 1, 4)).reshape((b * hkv * g, lq, q.shape[-1]))  # [S, Lq, D]
-  kt, vt = jnp.transpose(k, (0, 2, 1, 3)), jnp.transpose(v, (0, 2, 1, 3))  # [B, Hkv, Lk, D|Dv]
-  pick = lambda x, i: x[i if x.shape[0] > 1 else 0]  # index a leading axis of size n or 1
-
-  def body(xs):
-    s, q1 = xs
-    bi, kv, gi = s // (hkv * g), (s // g) % hkv, s % g
-    m1 = None if mask is None else pick(pick(pick(mask, bi), kv), gi)  # [Lq|1, Lk|1]
-    p1 = jax.tree.map(lambda x: x[kv, gi], params) if per_head else params
-    return kernel(q1, kt[bi, kv], vt[bi, kv], m1, p1, None)[0]  # [Lq, Dv]
-
-  out = jax.lax.map(body, (jnp.arange(b * hkv * g), qs), batch_size=batch_size)  # [S, Lq, Dv]
-  return jnp.transpose(out.reshape((b, hkv, g, lq, out.shape[-1])), (0, 3, 1, 2, 4))
 
 
 def _batched(kernel, q, k, v, mask, params, rngs, per_head):
@@ -267,13 +236,6 @@ def attention(query: Array, key: Array, value: Array, *, score: str = "scaled_do
     rngs = jax.random.split(rng, b * h).reshape((b, hkv, g) + jnp.shape(rng))
 
   def kernel(q1, k1, v1, m1, p1, r1):
-    if use_blocked:
-      bias = (normalizer_kwargs or {}).get("bias")
-      z = _blocked.attend_one_head_blocked(
-          q1, k1, v1, m1, score=score_fn, kind=kind, params=p1,
-          bias=None if bias is None else jnp.reshape(bias, ()), causal=causal,
-          block_q=block_q, block_k=block_k)
-      return z, None, {}
     if m1 is None:
       m1 = jnp.ones((q1.shape[0], k1.shape[0]), jnp.bool_)
     return attend_one_head(q1, k1, v1, m1, score=score_fn, normalizer=norm, target=tgt, params=p1,
@@ -281,8 +243,11 @@ def attention(query: Array, key: Array, value: Array, *, score: str = "scaled_do
                            target_kwargs=target_kwargs)
 
   q5 = query.reshape(b, lq, hkv, g, d)  # [B, Lq, Hkv, G, D]
-  if use_blocked:  # heads one after another (BLOCKED_HEADS_PER_STEP at a time): see the docstring
-    out = _seq_map(kernel, q5, key, value, mask4, params, per_head, BLOCKED_HEADS_PER_STEP)
+  if use_blocked:
+    bias = (normalizer_kwargs or {}).get("bias")
+    out = _blocked.attend_blocked(q5, key, value, mask4, score=score_fn, kind=kind, params=params,
+                                  per_head=per_head, causal=causal, block_q=block_q,
+                                  block_k=block_k, bias=None if bias is None else jnp.reshape(bias, ()))
     alpha, aux = None, {}
   else:
     out, alpha, aux = _batched(kernel, q5, key, value, mask4, params, rngs, per_head)

@@ -1,114 +1,42 @@
-"""Blocked (online-softmax, FlashAttention-style) attention for ONE head, for any registered score.
+"""Blocked (online-softmax, FlashAttention-style) soft attention for any registered score.
 
-The score is applied generically through the stages of ``scores.Score``: the projections
-``fq = project_q(params, q)`` [Lq, F] and ``fk = project_k(params, k)`` [Lk, F] are computed once,
-outside the loops (ordinary autodiff goes through them); then ``pairwise(params, fq_i, fk_j)`` is
-applied to blocks of (query, key) pairs, so a score registered from outside attnlab gets the
-memory-efficient path without writing a kernel. Neither the [Lq, Lk] scores nor an additive
-score's [Lq, Lk, A] tensor is ever formed; the live set is O(block_q · block_k · A).
+The memory-efficient path behind ``attention(..., impl="blocked")``: neither the [Lq, Lk] scores
+nor an additive score's [Lq, Lk, A] tensor is ever formed; the live set is O(block_q · block_k · A)
+per head. The score is applied generically through the stages of ``scores.Score``: the projections
+``fq = project_q(params, q)`` [Lq, F] and ``fk = project_k(params, k)`` [Lk, F] once per head, then
+``pairwise(params, fq_i, fk_j)`` on blocks of (query, key) pairs (``blocked_passes.py``: the two
+passes, their formulas, masks and causal skipping), so a score registered from outside attnlab gets
+the memory-efficient path without writing a kernel.
 
-Forward (query blocks i outer, key blocks j inner), with scores in log2 units s' = s · log2 e:
+Heads: ONE ``jax.custom_vjp`` over all heads (``_multihead``) loops over the (example, kv head,
+group) slices, reading each head's q, k, v from the callers' [B, L, H, D] layout and writing its
+output (backward: gradients) in place; the residuals are the inputs, the output and the per-row
+lse, so nothing is stacked or transposed per head. The backward recomputes blocks (O(L) memory).
+Heads run one after another: each head's blocks stay in cache (CPU-tuned; on GPU/TPU the same code
+runs, sequentially over heads).
 
-    softmax: m_i ← max(m_i, max_j s'_ij);  c = 2^(m_old − m_i);  p = 2^(s' − m_i)
-             l_i ← c·l_i + Σ_j p_ij;  acc_i ← c·acc_i + p v_j;       out_i = acc_i / l_i
-    sigmoid: a = σ(s + b) = 1 / (1 + 2^(−(s + b)·log2 e));            out_i = Σ_j a_ij v_j
-
-Backward (``jax.custom_vjp``, key blocks j outer, query blocks i inner) recomputes each block from
-the saved output and the per-row log2-sum-exp (softmax), never the weights:
-
-    p = 2^(s' − lse'_i);  dV_j += pᵀ dO_i;  dP = dO_i v_jᵀ;  dS = p ⊙ (dP − rowsum(dO ⊙ O)_i)
-    sigmoid: dS = dP ⊙ a(1 − a);  then (dparams, dfq_i, dfk_j) = vjp(pairwise)(dS)
-
-Masks: causal is applied from block indices (blocks wholly above the diagonal are skipped in both
-passes, the loop bounds depend on the block index); a user mask [Lq|1, Lk|1] is sliced per block
-(size-1 dims stay size 1, nothing is broadcast to [Lq, Lk]); ragged tails are padded and masked by
-index. Default blocks (``default_block``): (1024, 512) pairs, fewer when ``pairwise`` forms a
-larger [Bq, Bk, ...] intermediate (read from its jaxpr), e.g. (256, 128) for additive with A = 64.
-``exp2`` is ``fastmath.exp2`` (≤ 2e-7 relative); a score's ``tanh`` is its own (``jnp.tanh``: this
-XLA vectorises it, measured faster than ``fastmath.tanh``). Outputs match the dense path to ~1e-6
-relative in fp32 (tests).
-Fully masked rows give zero output, as in the dense path.
+Default blocks (``default_block``): (1024, 512) pairs, fewer when ``pairwise`` forms a larger
+[Bq, Bk, ...] intermediate (read from its jaxpr), e.g. (256, 128) for additive with A = 64.
+Outputs match the dense path to ~1e-6 relative in fp32, gradients to ~3e-5 (tests/test_blocked.py).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from attnlab.kernels import fastmath, scores
+from attnlab.kernels import blocked_passes as passes
+from attnlab.kernels.blocked_passes import Plan, cdiv, pad_to
 
 Array = jax.Array
 
-LOG2E = math.log2(math.e)
-_NEG = -1e30  # initial running max (log2 units): finite, so 2^(m_old − m_new) is never NaN
 KINDS = ("softmax", "sigmoid")
 # Default blocks: (query, key) pairs per block, and elements of pairwise's largest intermediate.
 MAX_BLOCK_PAIRS = 1024 * 512
 MAX_BLOCK_ELEMS = 256 * 128 * 64
-
-
-def _cdiv(a: int, b: int) -> int:
-  return -(-a // b)
-
-
-def _pad_to(x: Array, axis: int, size: int, value=0) -> Array:
-  if x.shape[axis] == size:
-    return x
-  pad = [(0, 0)] * x.ndim
-  pad[axis] = (0, size - x.shape[axis])
-  return jnp.pad(x, pad, constant_values=value)
-
-
-def _balanced(n: int, block: int) -> int:
-  """The block size (≤ ~block, a multiple of 8 or n) that splits n into as many blocks as ``block``
-  does with the least padding: 1500 with 1024 -> 2 blocks of 752, not 1024 + 476 padded to 1024."""
-  if n <= block:
-    return n
-  return min(n, -(-_cdiv(n, _cdiv(n, block)) // 8) * 8)
-
-
-class _Plan:
-  """Static block geometry of one call."""
-
-  def __init__(self, lq, lk, block_q, block_k, causal):
-    self.lq, self.lk, self.causal = lq, lk, causal
-    self.bq, self.bk = _balanced(lq, block_q), _balanced(lk, block_k)
-    self.nq, self.nk = _cdiv(lq, self.bq), _cdiv(lk, self.bk)
-    self.ragged_k = self.nk * self.bk != lk
-
-  def k_hi(self, i):
-    """One past the last key block that query block i sees."""
-    if not self.causal:
-      return self.nk
-    return jnp.minimum(self.nk, ((i + 1) * self.bq - 1) // self.bk + 1)
-
-  def q_lo(self, j):
-    """The first query block that sees key block j."""
-    if not self.causal:
-      return 0
-    return jnp.minimum(self.nq, (j * self.bk) // self.bq)
-
-  def block_mask(self, mask, i, j):
-    """bool [Bq|1, Bk|1] for block (i, j), or None when nothing is masked."""
-    m = None
-    if self.ragged_k or self.causal:
-      kidx = j * self.bk + jnp.arange(self.bk)[None, :]  # [1, Bk]
-      if self.ragged_k:
-        m = kidx < self.lk
-      if self.causal:
-        qidx = i * self.bq + jnp.arange(self.bq)[:, None]  # [Bq, 1]
-        c = qidx >= kidx
-        m = c if m is None else m & c
-    if mask is not None:
-      rows = self.bq if mask.shape[0] > 1 else 1
-      cols = self.bk if mask.shape[1] > 1 else 1
-      mb = jax.lax.dynamic_slice(mask, (i * self.bq if rows > 1 else 0, j * self.bk if cols > 1 else 0),
-                                 (rows, cols))
-      m = mb if m is None else m & mb
-    return m
 
 
 def _largest_intermediate_per_pair(pairwise, params, f, dtype) -> int:
@@ -134,7 +62,7 @@ def _largest_intermediate_per_pair(pairwise, params, f, dtype) -> int:
             visit(inner)
 
   visit(jaxpr.jaxpr)
-  return _cdiv(largest, nq * nk)
+  return cdiv(largest, nq * nk)
 
 
 def default_block(pairwise, params, f: int, dtype) -> tuple[int, int]:
@@ -151,197 +79,129 @@ def default_block(pairwise, params, f: int, dtype) -> tuple[int, int]:
   return 2 * bk, bk
 
 
-def _scores(pairwise, params, fq_i, fk_j):
-  return pairwise(params, fq_i, fk_j).astype(jnp.float32)  # [Bq, Bk]
+class _Heads:
+  """The (example, kv head, group) slices of q [B, Lq, Hkv, G, D], k/v [B, Lk, Hkv, D|Dv], mask
+  [B|1, Hkv|1, G|1, Lq|1, Lk|1] and per-head params [Hkv, G, ...]: slice s = (b, kv, g)."""
+
+  def __init__(self, b, hkv, g, per_head):
+    self.b, self.hkv, self.g, self.per_head, self.n = b, hkv, g, per_head, b * hkv * g
+
+  def index(self, s):
+    return s // (self.hkv * self.g), (s // self.g) % self.hkv, s % self.g
+
+  def take(self, s, params, q, k, v, mask):
+    """One head's (params, q [Lq, D], k [Lk, D], v [Lk, Dv], mask [Lq|1, Lk|1] or None)."""
+    b, kv, g = self.index(s)
+    pick = lambda x, i: x[i if x.shape[0] > 1 else 0]  # a leading axis of size n or 1
+    m = None if mask is None else pick(pick(pick(mask, b), kv), g)
+    p = jax.tree.map(lambda x: x[kv, g], params) if self.per_head else params
+    return p, q[b, :, kv, g], k[b, :, kv], v[b, :, kv], m
 
 
-def _weights(kind, s2, bias, m, lse):
-  """From scores in log2 units s' = s·log2 e: softmax 2^(s' − lse') (lse broadcastable to s');
-  sigmoid σ(s + b); exactly 0 where m is False."""
-  if kind == "softmax":
-    x = s2 - lse
-    if m is not None:
-      x = jnp.where(m, x, -jnp.inf)
-    return fastmath.exp2(x)
-  a = 1.0 / (1.0 + fastmath.exp2(-(s2 + bias * LOG2E)))
-  return a if m is None else jnp.where(m, a, 0.0)
+def _multihead(score: Any, kind: str, plan: Plan, heads: _Heads):
+  """The custom_vjp (params, q, k, v, mask, bias) -> out [B, Lq, Hkv, G, Dv]: the one-head passes
+  looped over the heads inside ONE custom_vjp, so the residuals are the inputs themselves plus
+  out and the per-row lse (nothing is stacked per head), and each head's slices are read and its
+  results written in the callers' [B, L, H, D] layout (no transposes of whole arrays)."""
+  lq, lk = plan.lq, plan.lk
 
+  def project(p, q1, k1):  # the score's projections, autodiffed (cheap next to the blocks)
+    return score.project_q(p, q1), score.project_k(p, k1)  # [Lq, F], [Lk, F]
 
-def _folds_log2e(pairwise, fq) -> bool:
-  """Whether log2 e is folded into fq (dot family in fp32; a bf16 fq would round it once more)."""
-  return pairwise is scores.dot_pairwise and fq.dtype == jnp.float32
+  def padded(fq, fk, v1):
+    return (pad_to(fq, 0, plan.nq * plan.bq), pad_to(fk, 0, plan.nk * plan.bk),
+            pad_to(v1, 0, plan.nk * plan.bk))
 
+  def forward(params, q, k, v, mask, bias):
+    def head(s, carry):
+      out, lse = carry
+      p, q1, k1, v1, m = heads.take(s, params, q, k, v, mask)
+      o1, l1 = passes.forward(score.pairwise, kind, plan, p, *padded(*project(p, q1, k1), v1), m, bias)
+      b, kv, g = heads.index(s)
+      out = jax.lax.dynamic_update_slice(out, o1[:lq].astype(out.dtype)[None, :, None, None],
+                                         (b, 0, kv, g, 0))
+      return out, jax.lax.dynamic_update_index_in_dim(lse, l1, s, 0)
 
-def _dscores(kind, a, dp, delta, dbias):
-  """dS from the weights a and dP = dO vᵀ (either both [Bq, Bk] or both transposed)."""
-  if kind == "softmax":
-    return a * (dp - delta), dbias
-  ds = dp * a * (1.0 - a)
-  return ds, dbias + jnp.sum(ds)
-
-
-def _forward(pairwise, kind, plan, params, fq, fk, v, mask, bias):
-  """out [nq·Bq, Dv] (f32) and lse' [nq·Bq] (log2 units; softmax only)."""
-  f, dv = fq.shape[-1], v.shape[-1]
-  fold = _folds_log2e(pairwise, fq)
-  fqb = (fq * LOG2E if fold else fq).reshape(plan.nq, plan.bq, f)  # [nq, Bq, F]
-  fkb = fk.reshape(plan.nk, plan.bk, f)  # [nk, Bk, F]
-  vb = v.reshape(plan.nk, plan.bk, dv)  # [nk, Bk, Dv]
-
-  def q_block(i):
-    fq_i = fqb[i]  # [Bq, F]
-
-    def kv_step(j, carry):
-      m_run, l_run, acc = carry  # [Bq], [Bq], [Bq, Dv]
-      s = _scores(pairwise, params, fq_i, fkb[j])  # [Bq, Bk]
-      s = s if fold else s * LOG2E  # log2 units
-      m = plan.block_mask(mask, i, j)
-      if kind == "softmax":
-        s2 = s
-        if m is not None:
-          s2 = jnp.where(m, s2, -jnp.inf)
-        m_new = jnp.maximum(m_run, jnp.max(s2, axis=-1))  # finite: m_run starts at _NEG
-        p = fastmath.exp2(s2 - m_new[:, None])  # [Bq, Bk], 0 where masked
-        c = fastmath.exp2(m_run - m_new)
-        l_run = c * l_run + jnp.sum(p, axis=-1)
-        acc = c[:, None] * acc
-        m_run = m_new
-      else:
-        p = _weights(kind, s, bias, m, None)
-      acc = acc + jnp.dot(p.astype(vb.dtype), vb[j], preferred_element_type=jnp.float32)
-      return m_run, l_run, acc
-
-    init = (jnp.full((plan.bq,), _NEG, jnp.float32), jnp.zeros((plan.bq,), jnp.float32),
-            jnp.zeros((plan.bq, dv), jnp.float32))
-    m_run, l_run, acc = jax.lax.fori_loop(0, plan.k_hi(i), kv_step, init)
-    if kind == "softmax":
-      ok = l_run > 0
-      out = acc / jnp.where(ok, l_run, 1.0)[:, None]
-      lse = jnp.where(ok, m_run + jnp.log2(jnp.where(ok, l_run, 1.0)), 0.0)
-    else:
-      out, lse = acc, jnp.zeros((plan.bq,), jnp.float32)
-    return out, lse
-
-  out, lse = jax.lax.map(q_block, jnp.arange(plan.nq))  # [nq, Bq, Dv], [nq, Bq]
-  return out.reshape(plan.nq * plan.bq, dv), lse.reshape(-1)
-
-
-def _backward(pairwise, kind, plan, params, fq, fk, v, mask, bias, out, lse, dout):
-  f, dv = fq.shape[-1], v.shape[-1]
-  fqb = fq.reshape(plan.nq, plan.bq, f)
-  fkb = fk.reshape(plan.nk, plan.bk, f)
-  vb = v.reshape(plan.nk, plan.bk, dv)
-  dot_family, fold = pairwise is scores.dot_pairwise, _folds_log2e(pairwise, fq)
-  fq2b = (fq * LOG2E if fold else fq).reshape(plan.nq, plan.bq, f)  # scores in log2 units if fold
-  dob = dout.astype(jnp.float32).reshape(plan.nq, plan.bq, dv)  # [nq, Bq, Dv]
-  lseb = lse.reshape(plan.nq, plan.bq)
-  if kind == "softmax":
-    delta = jnp.sum(dob * out.reshape(plan.nq, plan.bq, dv), axis=-1)  # [nq, Bq]
-  else:
-    delta = jnp.zeros((plan.nq, plan.bq), jnp.float32)
-  zeros_like = lambda t: jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), t)
-  # The dot family (pairwise = fq fkᵀ) works on transposed blocks sᵀ [Bk, Bq]: every product is
-  # then a row-major [M, K] x [K, N] or [K, M]ᵀ x [K, N] with M = 64 (~2x faster on XLA CPU than
-  # the [Bk, Bq]ᵀ x [Bq, D] products of the plain form); dq is accumulated transposed, [nq, F, Bq].
-  mm = lambda a, b, ca, cb: jax.lax.dot_general(a, b, (((ca,), (cb,)), ((), ())),
-                                                 preferred_element_type=jnp.float32)
-
-  def kv_block(carry, j):
-    dfq, dparams, dbias = carry
-    fk_j, v_j = fkb[j], vb[j]  # [Bk, F], [Bk, Dv]
-
-    def q_step(i, c):
-      dfq, dparams, dbias, dfk_j, dv_j = c
-      fq_i, do_i = fqb[i], dob[i]
-      m = plan.block_mask(mask, i, j)
-      if dot_family:  # transposed blocks aᵀ, dPᵀ, dSᵀ [Bk, Bq]
-        fq32, fk32 = fq_i.astype(jnp.float32), fk_j.astype(jnp.float32)
-        s2 = mm(fk32, fq2b[i].astype(jnp.float32), 1, 1)  # sᵀ [Bk, Bq]
-        a = _weights(kind, s2 if fold else s2 * LOG2E, bias,
-                     None if m is None else m.T, lseb[i][None, :])
-        dv_j = dv_j + mm(a, do_i, 1, 0)  # [Bk, Dv]
-        ds, dbias = _dscores(kind, a, mm(v_j.astype(jnp.float32), do_i, 1, 1), delta[i][None, :], dbias)
-        g_q, g_k = mm(fk32, ds, 0, 0), mm(ds, fq32, 1, 0)  # dqᵀ [F, Bq], dk [Bk, F]
-      else:  # any score: blocks [Bq, Bk], pairwise's own vjp
-        s, pw_vjp = jax.vjp(lambda p_, a, b: _scores(pairwise, p_, a, b), params, fq_i, fk_j)
-        a = _weights(kind, s * LOG2E, bias, m, lseb[i][:, None])  # [Bq, Bk]
-        dv_j = dv_j + mm(a, do_i, 0, 0)  # [Bk, Dv]
-        ds, dbias = _dscores(kind, a, mm(do_i, v_j.astype(jnp.float32), 1, 1), delta[i][:, None], dbias)
-        g_params, g_q, g_k = pw_vjp(ds)
-        g_q = g_q.T  # [F, Bq]
-        dparams = jax.tree.map(lambda acc, g: acc + g.astype(jnp.float32), dparams, g_params)
-      dfq = jax.lax.dynamic_update_index_in_dim(dfq, dfq[i] + g_q.astype(jnp.float32), i, 0)
-      return dfq, dparams, dbias, dfk_j + g_k.astype(jnp.float32), dv_j
-
-    init = (dfq, dparams, dbias, jnp.zeros((plan.bk, f), jnp.float32),
-            jnp.zeros((plan.bk, dv), jnp.float32))
-    dfq, dparams, dbias, dfk_j, dv_j = jax.lax.fori_loop(plan.q_lo(j), plan.nq, q_step, init)
-    return (dfq, dparams, dbias), (dfk_j, dv_j)
-
-  init = (jnp.zeros((plan.nq, f, plan.bq), jnp.float32), zeros_like(params), jnp.zeros((), jnp.float32))
-  (dfq, dparams, dbias), (dfk, dvv) = jax.lax.scan(kv_block, init, jnp.arange(plan.nk))
-  return (dparams, jnp.swapaxes(dfq, 1, 2).reshape(plan.nq * plan.bq, f),
-          dfk.reshape(plan.nk * plan.bk, f), dvv.reshape(plan.nk * plan.bk, dv), dbias)
-
-
-def _core(pairwise: Callable, kind: str, plan: _Plan):
-  """The custom_vjp core (params, fq, fk, v, mask, bias) -> out [nq·Bq, Dv], for padded inputs."""
+    init = (jnp.zeros(q.shape[:-1] + v.shape[-1:], q.dtype),  # [B, Lq, Hkv, G, Dv]
+            jnp.zeros((heads.n, plan.nq * plan.bq), jnp.float32))  # [S, Lq (padded)]
+    return jax.lax.fori_loop(0, heads.n, head, init)
 
   @jax.custom_vjp
-  def core(params, fq, fk, v, mask, bias):
-    return _forward(pairwise, kind, plan, params, fq, fk, v, mask, bias)[0]
+  def core(params, q, k, v, mask, bias):
+    return forward(params, q, k, v, mask, bias)[0]
 
-  def fwd(params, fq, fk, v, mask, bias):
-    out, lse = _forward(pairwise, kind, plan, params, fq, fk, v, mask, bias)
-    return out, (params, fq, fk, v, mask, bias, out, lse)
+  def fwd(params, q, k, v, mask, bias):
+    out, lse = forward(params, q, k, v, mask, bias)
+    return out, (params, q, k, v, mask, bias, out, lse)
 
   def bwd(res, dout):
-    params, fq, fk, v, mask, bias, out, lse = res
-    dparams, dfq, dfk, dv, dbias = _backward(pairwise, kind, plan, params, fq, fk, v, mask, bias,
-                                             out, lse, dout)
-    cast = lambda g, x: g.astype(x.dtype)
-    dparams = jax.tree.map(cast, dparams, params)
-    return dparams, cast(dfq, fq), cast(dfk, fk), cast(dv, v), None, cast(dbias, bias)
+    params, q, k, v, mask, bias, out, lse = res
+    f32 = lambda x: jnp.zeros(x.shape, jnp.float32)
+
+    def head(s, carry):
+      dparams, dq, dk, dv, dbias = carry
+      p, q1, k1, v1, m = heads.take(s, params, q, k, v, mask)
+      b, kv, g = heads.index(s)
+      (fq, fk), proj_vjp = jax.vjp(project, p, q1, k1)
+      o1, do1 = out[b, :, kv, g], dout[b, :, kv, g]  # [Lq, Dv]
+      lq_p = plan.nq * plan.bq
+      dpp, dfq, dfk, dv1, db = passes.backward(
+          score.pairwise, kind, plan, p, *padded(fq, fk, v1), m, bias, pad_to(o1, 0, lq_p), lse[s],
+          pad_to(do1, 0, lq_p))
+      dpq, dq1, dk1 = proj_vjp((dfq[:lq].astype(fq.dtype), dfk[:lk].astype(fk.dtype)))
+      dp1 = jax.tree.map(lambda a, c: a + c.astype(jnp.float32), dpp, dpq)
+      if heads.per_head:
+        dparams = jax.tree.map(lambda acc, x: acc.at[kv, g].add(x), dparams, dp1)
+      else:
+        dparams = jax.tree.map(jnp.add, dparams, dp1)
+      dq = jax.lax.dynamic_update_slice(dq, dq1.astype(dq.dtype)[None, :, None, None], (b, 0, kv, g, 0))
+      add_kv = lambda acc, x: jax.lax.dynamic_update_slice(  # k/v heads are shared by the G group
+          acc, (acc[b, :, kv] + x.astype(jnp.float32))[None, :, None], (b, 0, kv, 0))
+      return dparams, dq, add_kv(dk, dk1), add_kv(dv, dv1[:lk]), dbias + db
+
+    init = (jax.tree.map(f32, params), jnp.zeros(q.shape, q.dtype), f32(k), f32(v),
+            jnp.zeros((), jnp.float32))
+    dparams, dq, dk, dv, dbias = jax.lax.fori_loop(0, heads.n, head, init)
+    cast = lambda gr, x: gr.astype(x.dtype)
+    return (jax.tree.map(cast, dparams, params), dq, cast(dk, k), cast(dv, v), None,
+            cast(dbias, bias))
 
   core.defvjp(fwd, bwd)
   return core
 
 
-def attend_one_head_blocked(q: Array, k: Array, v: Array, mask: Array | None, *, score: Any,
-                            kind: str, params: Any = None, bias: Array | None = None,
-                            causal: bool = False, block_q: int | None = None,
-                            block_k: int | None = None) -> Array:
-  """Soft attention for ONE head, blocked; the output of ``attend_one_head`` without the weights.
+def attend_blocked(q: Array, k: Array, v: Array, mask: Array | None, *, score: Any, kind: str,
+                   params: Any = None, per_head: bool = False, bias: Array | None = None,
+                   causal: bool = False, block_q: int | None = None,
+                   block_k: int | None = None) -> Array:
+  """Soft attention, blocked, for all heads: each (example, kv head, group) slice is one call of
+  the one-head passes of ``blocked_passes``, one slice after another (each head's blocks stay in cache).
 
   Args:
-    q: [Lq, D] queries.  k: [Lk, D] keys.  v: [Lk, Dv] values.
-    mask: bool [Lq|1, Lk|1] (True = may attend) or None; causal is separate (by block index).
+    q: [B, Lq, Hkv, G, D] queries (query head h = (kv, g) reads key/value head kv: GQA).
+    k: [B, Lk, Hkv, D] keys.  v: [B, Lk, Hkv, Dv] values.
+    mask: bool [B|1, Hkv|1, G|1, Lq|1, Lk|1] (True = may attend) or None; causal is separate.
     score: a ``scores.Score``; kind: "softmax" or "sigmoid".
+    params: the score's parameters, leaves [Hkv, G, ...] if ``per_head`` else shared.
     bias: the sigmoid's scalar bias (default −log Lk).
     block_q, block_k: block sizes (clipped to the lengths); None: ``default_block``.
   Returns:
-    z [Lq, Dv] in q's dtype.
+    z [B, Lq, Hkv, G, Dv] in q's dtype.
   """
   if kind not in KINDS:
-    raise ValueError(f"attend_one_head_blocked: kind must be one of {KINDS}, got {kind!r}")
-  lq, lk = q.shape[0], k.shape[0]
-  fq = score.project_q(params, q)  # [Lq, F]
-  fk = score.project_k(params, k)  # [Lk, F]
+    raise ValueError(f"attend_blocked: kind must be one of {KINDS}, got {kind!r}")
+  b, lq, hkv, g, _ = q.shape
+  lk = k.shape[1]
   if block_q is None or block_k is None:
-    dq, dk = default_block(score.pairwise, params, fq.shape[-1], fq.dtype)
+    p0 = jax.tree.map(lambda x: x[0, 0], params) if per_head else params
+    fq0 = jax.eval_shape(score.project_q, p0, jax.ShapeDtypeStruct((lq, q.shape[-1]), q.dtype))
+    dq, dk = default_block(score.pairwise, p0, fq0.shape[-1], fq0.dtype)
     block_q, block_k = block_q or dq, block_k or dk
-  plan = _Plan(lq, lk, block_q, block_k, causal)
-  if bias is None:
-    bias = -math.log(lk)
-  bias = jnp.asarray(bias, jnp.float32)
+  plan = Plan(lq, lk, block_q, block_k, causal)
+  bias = jnp.asarray(-math.log(lk) if bias is None else bias, jnp.float32)
   if mask is not None:
-    mask = mask.reshape((1,) * (2 - mask.ndim) + mask.shape)
-    if mask.shape[0] > 1:
-      mask = _pad_to(mask, 0, plan.nq * plan.bq, False)
-    if mask.shape[1] > 1:
-      mask = _pad_to(mask, 1, plan.nk * plan.bk, False)
-  fq = _pad_to(fq, 0, plan.nq * plan.bq)
-  fk = _pad_to(fk, 0, plan.nk * plan.bk)
-  vp = _pad_to(v, 0, plan.nk * plan.bk)
-  out = _core(score.pairwise, kind, plan)(params, fq, fk, vp, mask, bias)
-  return out[:lq].astype(q.dtype)
+    if mask.shape[3] > 1:
+      mask = pad_to(mask, 3, plan.nq * plan.bq, False)
+    if mask.shape[4] > 1:
+      mask = pad_to(mask, 4, plan.nk * plan.bk, False)
+  return _multihead(score, kind, plan, _Heads(b, hkv, g, per_head))(params, q, k, v, mask, bias)
