@@ -164,6 +164,8 @@ def _main(argv: list[str]) -> None:
 
 def run() -> None:
   """The console-script entry point."""
+  from attnlab import hostmem  # pylint: disable=g-import-not-at-top
+  hostmem.keep_freed_host_memory()  # before JAX allocates anything (see attnlab/hostmem.py)
   app.run(_main, flags_parser=_parse)
 
 

@@ -5,8 +5,11 @@ so XLA cannot fuse it with its consumers and every random bit costs ~18 ns; drop
 dominate small models (GAT on Cora: ~10 ms of RNG per seed and epoch). This implementation
 computes the same hash as one unrolled chain of uint32 adds, rotations and xors that XLA compiles
 into one vectorised loop (3-7x faster draws on CPU, benchmarks/prng.py; plain jnp, so it runs
-unchanged on GPU/TPU). The bits are materialised once (an optimisation barrier), so XLA cannot
-recompute the hash inside a consumer that broadcasts them.
+unchanged on GPU/TPU). The bits pass an optimisation barrier, a request to materialise them once
+rather than recompute the hash inside a consumer that broadcasts them. XLA:CPU drops barriers before
+it fuses (pass ``cse_barrier_expander``), so there the hash may still be fused into such a consumer
+(seen: the Cora train step's [nnz, seeds, 64] input-projection gathers); forcing the bits out with
+an identity gather made that step slower (568 vs 526 ms), so the barrier stays as it is.
 
 Keys made with ``key(seed)`` give exactly the bits, splits and fold-ins of ``jax.random.key(seed)``
 under JAX's default ``jax_threefry_partitionable=True`` (tests/test_prng.py checks this against
@@ -76,9 +79,9 @@ def _random_bits(key_data: jax.Array, bit_width: int, shape: tuple[int, ...]) ->
     bits = (b1.astype(dtype) << np.uint64(32)) | b2.astype(dtype)
   else:
     bits = (b1 ^ b2).astype(dtype)
-  # Materialise the bits once: left fusible, XLA may copy the ~100-op hash into a broadcasting
-  # consumer and recompute it per output element (seen: a [nnz] dropout mask recomputed 64x inside
-  # a [nnz, 64] gather fusion).
+  # Ask for the bits once: left fusible, XLA may copy the ~100-op hash into a broadcasting consumer
+  # and recompute it per output element. Honoured where the backend keeps barriers through fusion;
+  # XLA:CPU removes them first (see the module docstring).
   return lax.optimization_barrier(bits)
 
 

@@ -5,7 +5,8 @@
 Builds exactly the programs ``attnlab train --config=configs/cora_gat.py`` runs (steps.build on the
 config's task, model and optimiser; seeds vmapped) and times ``train_chunk`` (one optimiser step)
 and ``validate`` (deterministic val forward + early-stopping update), median of ``--repeats``
-after a warm-up. ``--profile DIR`` also writes a JAX profiler trace of the train step for the
+after a warm-up, with host memory kept for reuse as ``attnlab train`` keeps it (attnlab.hostmem;
+``ATTNLAB_HOST_MALLOC=off`` times glibc's default instead). ``--profile DIR`` also writes a JAX profiler trace of the train step for the
 largest seed count and prints the XLA ops that took the most time.
 """
 
@@ -22,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from attnlab import config as config_lib
-from attnlab import parallel, prng, steps, train
+from attnlab import hostmem, parallel, prng, steps, train
 from _timing import time_interleaved  # benchmarks/ is on sys.path when run as a script
 
 
@@ -78,6 +79,8 @@ def main(argv=None):
   ap.add_argument("--profile", default="", help="write a profiler trace here and print top ops")
   args = ap.parse_args(argv)
   counts = [int(s) for s in args.seeds.split(",")]
+  kept = hostmem.keep_freed_host_memory()  # before the first program runs, as the CLI does
+  print(f"host memory kept for reuse (attnlab.hostmem): {'yes' if kept else 'no'}")
   print(f"{'seeds':>5} {'train step':>12} {'validate':>10} {'epoch':>9} {'per seed':>9}")
   for s in counts:
     step, validate = programs(args.data_dir, s)

@@ -4,6 +4,7 @@ import collections
 import json
 import os
 import pathlib
+import platform
 import signal
 import subprocess
 import sys
@@ -95,3 +96,37 @@ def test_sweep_killed_after_first_line_then_resumed(tmp_path):
   assert set(counts) == want and set(counts.values()) == {1}  # every (run, seed) exactly once
   assert all(r in [json.loads(l) for l in lines] for r in first)  # nothing lost or rewritten
   assert "| task | variant |" in out.stdout and (workdir / "report.md").exists()
+
+
+_FAULTS = """
+import ctypes, resource
+from attnlab import hostmem
+applied = hostmem.keep_freed_host_memory()
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, (ctypes.c_size_t,)
+libc.free.argtypes = (ctypes.c_void_p,)
+def faults(n=64 * 2**20):  # a 64 MB block, above glibc's largest mmap threshold (32 MB)
+  before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+  p = libc.malloc(n); ctypes.memset(p, 1, n); libc.free(p)
+  return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+print(applied, faults(), faults())
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux" or platform.libc_ver()[0] != "glibc",
+                    reason="attnlab.hostmem tunes glibc's malloc only")
+@pytest.mark.parametrize("setting", ["default", "off"])
+def test_cli_keeps_freed_host_memory_for_reuse(setting):
+  env = {k: v for k, v in ENV.items() if not k.startswith("MALLOC_")}
+  if setting == "off":
+    env["ATTNLAB_HOST_MALLOC"] = "off"
+  out = subprocess.run([sys.executable, "-c", _FAULTS], capture_output=True, text=True, env=env,
+                       cwd=REPO, timeout=120)
+  assert out.returncode == 0, out.stderr[-2000:]
+  applied, first, second = out.stdout.split()
+  pages = 64 * 2**20 // os.sysconf("SC_PAGE_SIZE")
+  assert int(first) > pages // 2  # the first use of the block faults its pages in
+  if setting == "off":  # glibc's default: the freed block went back to the OS, reuse faults again
+    assert applied == "False" and int(second) > pages // 2
+  else:  # kept: the same memory is reused without a page fault
+    assert applied == "True" and int(second) < pages // 20
