@@ -14,8 +14,8 @@ system time 4 s instead of 297 s), only where host memory comes from; the cost i
 resident peak, as memory once used stays with the process (that run: 1.29 GB instead of 0.70 GB).
 It does nothing on other C libraries, when any ``MALLOC_*`` variable is set (the user's own tuning
 wins) or with ``ATTNLAB_HOST_MALLOC=off``.
-``attnlab train`` / ``sweep`` call it before JAX starts; library code never does (importing attnlab
-leaves the allocator alone).
+The ``attnlab`` command calls it before JAX allocates; library code never does (importing attnlab
+leaves the allocator alone; call it first thing in your own script to get the same).
 """
 
 from __future__ import annotations

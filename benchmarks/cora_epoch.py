@@ -6,8 +6,9 @@ Builds exactly the programs ``attnlab train --config=configs/cora_gat.py`` runs 
 config's task, model and optimiser; seeds vmapped) and times ``train_chunk`` (one optimiser step)
 and ``validate`` (deterministic val forward + early-stopping update), median of ``--repeats``
 after a warm-up, with host memory kept for reuse as ``attnlab train`` keeps it (attnlab.hostmem;
-``ATTNLAB_HOST_MALLOC=off`` times glibc's default instead). ``--profile DIR`` also writes a JAX profiler trace of the train step for the
-largest seed count and prints the XLA ops that took the most time.
+``ATTNLAB_HOST_MALLOC=off`` times glibc's default instead). ``--profile DIR`` also writes a JAX
+profiler trace of the train step for the largest seed count and prints the XLA ops that took the
+most time.
 """
 
 from __future__ import annotations
