@@ -72,7 +72,8 @@ def run_seed(data, num_features, num_classes, seed):
 
 
 def main(argv=None):
-  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap = argparse.ArgumentParser(description=__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument("--data_dir", required=True, help="directory of the Planetoid ind.cora.* files")
   ap.add_argument("--seeds", default="0")
   ap.add_argument("--threads", type=int, default=os.cpu_count())
@@ -99,7 +100,8 @@ def main(argv=None):
     ds = Planetoid(root, "Cora", transform=T.NormalizeFeatures())
     for seed in (int(s) for s in args.seeds.split(",")):
       epochs, kept, test, wall = run_seed(ds[0], ds.num_features, ds.num_classes, seed)
-      print(f"{seed:>4} {epochs:>6} {kept:>5} {100 * test:>8.2f}% {wall:>7.1f}s {1e3 * wall / epochs:>7.1f} ms")
+      print(f"{seed:>4} {epochs:>6} {kept:>5} {100 * test:>8.2f}% {wall:>7.1f}s "
+            f"{1e3 * wall / epochs:>7.1f} ms")
 
 
 if __name__ == "__main__":
