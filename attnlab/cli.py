@@ -165,7 +165,10 @@ def _main(argv: list[str]) -> None:
 def run() -> None:
   """The console-script entry point."""
   from attnlab import hostmem  # pylint: disable=g-import-not-at-top
-  hostmem.keep_freed_host_memory()  # before JAX allocates anything (see attnlab/hostmem.py)
+  try:
+    hostmem.keep_freed_host_memory()  # before JAX allocates anything (see attnlab/hostmem.py)
+  except ValueError as e:
+    _die(str(e))
   app.run(_main, flags_parser=_parse)
 
 

@@ -29,9 +29,16 @@ _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
 _SETTINGS = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1))
 
 
+_ON, _OFF = ("", "on", "1", "true", "yes"), ("off", "0", "false", "no")
+
+
 def keep_freed_host_memory() -> bool:
   """Keeps freed host memory in the process (glibc only); True if the setting was applied."""
-  if os.environ.get("ATTNLAB_HOST_MALLOC", "").lower() in ("off", "0", "false", "no"):
+  choice = os.environ.get("ATTNLAB_HOST_MALLOC", "").strip().lower()
+  if choice not in _ON + _OFF:
+    raise ValueError(f"ATTNLAB_HOST_MALLOC={choice!r}: valid values are "
+                     f"{', '.join(v for v in _ON + _OFF if v)} (or unset = on)")
+  if choice in _OFF:
     return False
   if any(name.startswith("MALLOC_") for name in os.environ):
     return False

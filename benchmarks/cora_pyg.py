@@ -71,11 +71,19 @@ def run_seed(data, num_features, num_classes, seed):
   return epoch, kept_epoch, test, wall
 
 
+def _seeds(text: str) -> list[int]:
+  try:
+    return [int(s) for s in text.split(",")]
+  except ValueError:
+    raise argparse.ArgumentTypeError(
+        f"--seeds must be comma-separated integers, got {text!r}") from None
+
+
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__,
                                formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument("--data_dir", required=True, help="directory of the Planetoid ind.cora.* files")
-  ap.add_argument("--seeds", default="0")
+  ap.add_argument("--seeds", default="0", type=_seeds, help="comma-separated integers, e.g. 0,1,2")
   ap.add_argument("--threads", type=int, default=os.cpu_count())
   args = ap.parse_args(argv)
   try:
@@ -98,7 +106,7 @@ def main(argv=None):
     for f in FILES:
       (raw / f"ind.cora.{f}").symlink_to(src / f"ind.cora.{f}")
     ds = Planetoid(root, "Cora", transform=T.NormalizeFeatures())
-    for seed in (int(s) for s in args.seeds.split(",")):
+    for seed in args.seeds:
       epochs, kept, test, wall = run_seed(ds[0], ds.num_features, ds.num_classes, seed)
       print(f"{seed:>4} {epochs:>6} {kept:>5} {100 * test:>8.2f}% {wall:>7.1f}s "
             f"{1e3 * wall / epochs:>7.1f} ms")

@@ -116,7 +116,7 @@ print(applied, faults(), faults())
 @pytest.mark.skipif(sys.platform != "linux" or platform.libc_ver()[0] != "glibc",
                     reason="attnlab.hostmem tunes glibc's malloc only")
 @pytest.mark.parametrize("setting", ["default", "off"])
-def test_cli_keeps_freed_host_memory_for_reuse(setting):
+def test_freed_host_memory_is_reused_without_page_faults(setting):
   env = {k: v for k, v in ENV.items() if not k.startswith("MALLOC_")}
   if setting == "off":
     env["ATTNLAB_HOST_MALLOC"] = "off"
@@ -130,3 +130,12 @@ def test_cli_keeps_freed_host_memory_for_reuse(setting):
     assert applied == "False" and int(second) > pages // 2
   else:  # kept: the same memory is reused without a page fault
     assert applied == "True" and int(second) < pages // 20
+
+
+def test_bad_host_malloc_setting_is_refused_by_name():
+  env = {**ENV, "ATTNLAB_HOST_MALLOC": "of"}
+  out = subprocess.run([sys.executable, "-m", "attnlab.cli", "list"], capture_output=True, text=True,
+                       env=env, cwd=REPO, timeout=120)
+  assert out.returncode == 2
+  assert "ATTNLAB_HOST_MALLOC='of'" in out.stderr and "valid values are on," in out.stderr
+  assert ", off," in out.stderr
