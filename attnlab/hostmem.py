@@ -12,8 +12,8 @@ benchmark run; ``python benchmarks/cora_epoch.py --seeds 10 --repeats 20``, 2-co
 It changes no result (the 10-seed Cora run gave the same ten accuracies in 354 s instead of 531 s,
 system time 4 s instead of 297 s), only where host memory comes from; the cost is a higher
 resident peak, as memory once used stays with the process (that run: 1.29 GB instead of 0.70 GB).
-It does nothing on other C libraries, when any ``MALLOC_*`` variable is set (the user's own tuning
-wins) or with ``ATTNLAB_HOST_MALLOC=off``.
+It does nothing on other C libraries, when any ``MALLOC_*`` variable or a ``glibc.malloc`` tunable
+is set (the user's own tuning wins) or with ``ATTNLAB_HOST_MALLOC=off``.
 The ``attnlab`` command calls it before JAX allocates; library code never does (importing attnlab
 leaves the allocator alone; call it first thing in your own script to get the same).
 """
@@ -40,8 +40,9 @@ def keep_freed_host_memory() -> bool:
                      f"{', '.join(v for v in _ON + _OFF if v)} (or unset = on)")
   if choice in _OFF:
     return False
-  if any(name.startswith("MALLOC_") for name in os.environ):
-    return False
+  if (any(name.startswith("MALLOC_") for name in os.environ)
+      or "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", "")):
+    return False  # the user's own allocator tuning wins
   if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
     return False
   mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
