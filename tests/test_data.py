@@ -12,7 +12,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from attnlab import registry
+from attnlab import kernels, registry
 from attnlab.data import UnsafePickleError, load_planetoid, safe_pickle
 from attnlab.data.base import epoch_indices
 from tests.conftest import SHARED_DATA
@@ -184,7 +184,12 @@ def test_every_builtin_task_yields_declared_batches(name):
       np.testing.assert_array_equal(b["inputs"][:, 1:], b["targets"][:, :-1])
     else:
       n = spec["num_nodes"]
-      assert set(b) == {"features", "edges", "labels", "mask"}
+      lists = {f"edge_lists/{k}" for k in kernels.Incidence._fields}
+      assert set(b) == {"features", "edges", "labels", "mask"} | lists
+      inc = kernels.segments.from_arrays(b, "edge_lists")  # the edges plus one self loop per node
+      loops = np.arange(n)
+      assert (sorted(zip(np.asarray(inc.in_index).tolist(), np.asarray(inc.out_index).tolist()))
+              == sorted(zip(b["edges"][0].tolist() + loops.tolist(), b["edges"][1].tolist() + loops.tolist())))
       assert b["features"].shape == (n, spec["num_features"]) and b["features"].dtype == np.float32
       assert b["edges"].dtype == np.int32 and b["edges"].shape[0] == 2
       assert b["edges"].min() >= 0 and b["edges"].max() < n
@@ -422,13 +427,16 @@ def test_planetoid_sparse_features_hold_the_dense_features():
   sparse = registry.get("task", "planetoid")(dataset="cora", data_dir=str(PLANETOID),
                                              sparse_features=True)
   d, s = dense.batch("train", 0, 1), sparse.batch("train", 0, 1)
-  assert set(s) == {"feature_index", "feature_values", "edges", "labels", "mask"}
+  assert set(s) - set(d) == {"feature_index", "feature_values"} | {
+      f"feature_lists/{k}" for k in kernels.Incidence._fields}
   idx, vals = s["feature_index"], s["feature_values"]
+  inc = kernels.segments.from_arrays(s, "feature_lists")  # the same entries, in the same order
+  np.testing.assert_array_equal(np.stack([inc.out_index, inc.in_index], 1), idx)
   assert idx.dtype == np.int32 and vals.dtype == np.float32 and np.all(vals != 0)
   order = np.lexsort((idx[:, 1], idx[:, 0]))
   assert np.array_equal(order, np.arange(len(idx)))  # row-major (BCOO indices_sorted)
   rebuilt = np.zeros_like(d["features"])
   rebuilt[idx[:, 0], idx[:, 1]] = vals
   np.testing.assert_array_equal(rebuilt, d["features"])
-  for k in ("edges", "labels", "mask"):
+  for k in ("edges", "labels", "mask", *(f"edge_lists/{k}" for k in kernels.Incidence._fields)):
     np.testing.assert_array_equal(s[k], d[k])

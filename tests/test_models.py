@@ -43,7 +43,8 @@ def _graph_batch():
   edges = np.concatenate([np.stack([ring, (ring + 1) % n]), np.stack([(ring + 1) % n, ring])], 1)
   return {"features": _R.normal(size=(n, 6)).astype(np.float32), "edges": edges.astype(np.int32),
           "labels": np.repeat(np.arange(3), [3, 3, 4]).astype(np.int32),  # homophilous segments
-          "mask": np.ones(n, bool)}
+          "mask": np.ones(n, bool),  # and the incidence form, as attnlab.data.graph serves it:
+          **kernels.segments.to_arrays(kernels.edge_incidence(edges, n), "edge_lists")}
 
 
 TASKS = {  # family, spec, batch
@@ -344,6 +345,12 @@ def test_gat_sparse_features_match_dense():
   dense_logits = call(model, {**batch, "features": feats}, train=False)
   sparse_logits = call(model, sparse_batch, train=False)
   np.testing.assert_allclose(sparse_logits, dense_logits, atol=1e-5)
+  # The incidence form the data serves (feature_lists/*), and the plain edge list (no edge_lists/*).
+  lists = kernels.segments.to_arrays(kernels.incidence(rows, cols, *feats.shape), "feature_lists")
+  np.testing.assert_allclose(call(model, {**sparse_batch, **lists}, train=False), dense_logits, atol=1e-5)
+  plain = {k: v for k, v in batch.items() if not k.startswith("edge_lists/")}
+  np.testing.assert_allclose(call(model, {**plain, "features": feats}, train=False), dense_logits,
+                             atol=1e-5)
   np.testing.assert_allclose(call(model, sparse_batch, train=False), sparse_logits)
   a, b = call(model, sparse_batch, train=True), call(model, sparse_batch, train=True)
   assert np.all(np.isfinite(a)) and not np.allclose(a, b)

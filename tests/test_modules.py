@@ -269,11 +269,20 @@ def test_gat_edge_list_equals_dense_and_numpy(score, merge, graph_x):
   out_e, w = layer(x, EDGES, return_weights=True)
   out_d = layer(x, adjacency=kernels.edges_to_adjacency(EDGES, 6))
   out_p = layer(x, jnp.asarray(kernels.prepare_edges(EDGES, 6)), edges_prepared=True)
+  inc = kernels.edge_incidence(EDGES, 6)
+  out_i, w_i = layer(x, inc, return_weights=True)
   want = _np_gat(layer, graph_x, EDGES)
   assert np.all(np.isfinite(out_e))
   np.testing.assert_allclose(out_e, want, atol=1e-5)
   np.testing.assert_allclose(out_d, want, atol=1e-5)
   np.testing.assert_allclose(out_p, want, atol=1e-5)
+  np.testing.assert_allclose(out_i, want, atol=1e-5)
+  sums_i = jax.ops.segment_sum(w_i["alpha"], w_i["edges"][1], num_segments=6)
+  np.testing.assert_allclose(sums_i, np.ones((6, 2)), atol=1e-6)
+  # Sparse features as a kernels.SparseMatrix (the incidence matmul) give the dense projection.
+  rows, cols = np.nonzero(graph_x)
+  x_s = kernels.SparseMatrix(jnp.asarray(graph_x[rows, cols]), kernels.incidence(rows, cols, 6, 5))
+  np.testing.assert_allclose(layer(x_s, inc), want, atol=1e-5)
   # The weights of each node's incoming edges sum to one (masked duplicate self loop: zero).
   sums = jax.ops.segment_sum(w["alpha"], w["edges"][1], num_segments=6)
   chex.assert_trees_all_close(sums, jnp.ones((6, 2)), atol=1e-6)
@@ -325,6 +334,15 @@ def test_graph_attention_gradients_and_dropout_unbiased():
       jax.random.split(jax.random.key(2), 4000))
   assert not np.allclose(drop[0], clean)
   chex.assert_trees_all_close(drop.mean(0), clean, atol=0.05)
+  # The incidence fast path: same outputs (dropout included: its entries keep prepare_edges'
+  # order, so the same key drops the same edges), and the same gradients from its own reverse rules.
+  inc = kernels.edge_incidence(EDGES, 6)
+  g = lambda h, a, e, **kw: kernels.graph_attention(h, e, score="gatv2", params={"a": a}, **kw)
+  for kw in ({}, dict(dropout_rate=0.4, rng=jax.random.key(3), values=jnp.cos(h))):
+    np.testing.assert_allclose(g(h, params["a"], inc, **kw), g(h, params["a"], edges, **kw), atol=1e-5)
+    loss = lambda h, a, e: jnp.sum(jnp.sin(g(h, a, e, **kw)))
+    chex.assert_trees_all_close(jax.grad(loss, (0, 1))(h, params["a"], inc),
+                                jax.grad(loss, (0, 1))(h, params["a"], edges), atol=1e-5)
 
 
 def test_gat_layer_dropout_needs_deterministic_flag(graph_x):

@@ -7,7 +7,11 @@ are the same for every seed and step (the runner places one copy on the devices)
 
 With ``sparse_features=True`` the features come as their stored entries instead of ``features``:
 ``feature_index`` int32 [nnz, 2] (node, feature) pairs in row-major order and ``feature_values``
-float32 [nnz] (bag-of-words graphs such as Cora are ~1 % dense; the ``gat`` model takes either).
+float32 [nnz] (bag-of-words graphs such as Cora are ~1 % dense; the ``gat`` model takes either),
+plus ``feature_lists/*``, the same entries as a ``kernels.segments.Incidence`` (out = node,
+in = feature). Every batch also holds ``edge_lists/*``: the incidence of the edges with one self
+loop per node (``kernels.edge_incidence``), the graph attention layers' scatter-free fast path.
+Read either back with ``kernels.segments.from_arrays(batch, "edge_lists")``.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import dataclasses
 import numpy as np
 
 from attnlab.data.base import Task
+from attnlab.kernels import graph as graph_kernels
+from attnlab.kernels import segments
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,9 +82,13 @@ class GraphTask(Task):
     if sparse_features:
       rows, cols = np.nonzero(graph.features)  # row-major order
       self._features = {"feature_index": np.stack([rows, cols], 1).astype(np.int32),  # [nnz, 2]
-                        "feature_values": graph.features[rows, cols].astype(np.float32)}  # [nnz]
+                        "feature_values": graph.features[rows, cols].astype(np.float32),  # [nnz]
+                        **segments.to_arrays(segments.incidence(rows, cols, *graph.features.shape),
+                                             "feature_lists")}
     else:
       self._features = {"features": graph.features}  # [N, F]
+    self._features.update(segments.to_arrays(
+        graph_kernels.edge_incidence(graph.edges, graph.num_nodes), "edge_lists"))
 
   def _whole(self, split: str) -> dict[str, np.ndarray]:
     mask = np.zeros(self.graph.num_nodes, bool)  # [N]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from attnlab import registry
 from attnlab.kernels import targets as _targets
@@ -31,11 +32,31 @@ Array = jax.Array
 SUFFIX = "+dropout"
 
 
-def dropout_weights(weights: Array, rng: Array, rate: float | Array) -> Array:
-  """Inverted dropout of attention weights: keep each with probability 1 − rate, scale by 1/(1 − rate)."""
+def dropout_weights(weights: Array, rng: Array, rate: float | Array, *,
+                    materialize_mask: bool = False) -> Array:
+  """Inverted dropout of attention weights: keep each with probability 1 − rate, scale by 1/(1 − rate).
+
+  ``materialize_mask``: compute the keep mask once into memory (``materialize``), for arrays read
+  by gathers (graph attention) whose forward and backward would otherwise each recompute the hash.
+  """
   keep_prob = 1.0 - jnp.asarray(rate, weights.dtype)
   keep = jax.random.bernoulli(rng, keep_prob, weights.shape)
+  keep = materialize(keep) if materialize_mask else keep
   return jnp.where(keep, weights / jnp.maximum(keep_prob, 1e-12), 0.0)
+
+
+def materialize(x: Array) -> Array:
+  """x itself, computed once into memory: a two-element scatter XLA cannot fuse through.
+
+  For a cheap-to-store but costly-to-compute array read by gathers (a dropout mask's hash): left
+  fusible, XLA:CPU recomputes it inside every gathering consumer, once per gathered element (GAT
+  on Cora: the value-dropout hash per edge and slot, ~35 ms of a 10-seed train step). Two
+  positions (first and last element), since XLA turns a one-element scatter into a
+  dynamic-update-slice, which it does fuse into consumers."""
+  if x.size == 0:
+    return x
+  at = tuple(np.array([0, d - 1]) for d in x.shape)
+  return x.at[at].set(x[at])
 
 
 def _wrap(base: _targets.Target) -> _targets.Target:

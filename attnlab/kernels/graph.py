@@ -41,7 +41,8 @@ import numpy as np
 from attnlab import registry
 from attnlab.kernels import _params
 from attnlab.kernels import normalizers as _normalizers
-from attnlab.kernels.dropout import dropout_weights
+from attnlab.kernels import segments
+from attnlab.kernels.dropout import dropout_weights, materialize
 
 Array = jax.Array
 
@@ -143,13 +144,17 @@ def segment_softmax(scores: Array, segment_ids: Array, num_segments: int, *,
   return e / jnp.where(total > 0, total, 1.0)[segment_ids]
 
 
-def edge_scores(h: Array, edges: Array, *, score: str = "additive", params: Any = None,
-                negative_slope: float = 0.2) -> Array:
-  """Unnormalised scores [E, H] of the edges [2, E] (source, target) for node features h [N, H, F]."""
+def edge_scores(h: Array, edges: Array | segments.Incidence, *, score: str = "additive",
+                params: Any = None, negative_slope: float = 0.2) -> Array:
+  """Unnormalised scores [E, H] of the edges (source, target) [2, E] or ``edge_incidence``, for
+  node features h [N, H, F]."""
   s, fd, fs, p_axis = _node_features(score, params, h)  # fd, fs [N, H, A]
-  src, dst = edges[0], edges[1]
+  if isinstance(edges, segments.Incidence):  # gathers whose gradients are scatter-free sums
+    fd_e, fs_e = segments.take(fd, edges, "out"), segments.take(fs, edges, "in")  # [E, H, A]
+  else:
+    fd_e, fs_e = fd[edges[1]], fs[edges[0]]  # [E, H, A]
   edge = lambda p, a, b: s.edge(p, a, b, negative_slope=negative_slope)
-  return jax.vmap(edge, in_axes=(p_axis, 1, 1), out_axes=1)(params, fd[dst], fs[src])  # [E, H]
+  return jax.vmap(edge, in_axes=(p_axis, 1, 1), out_axes=1)(params, fd_e, fs_e)  # [E, H]
 
 
 def graph_attention(h: Array, edges: Array, *, score: str = "additive", params: Any = None,
@@ -161,7 +166,9 @@ def graph_attention(h: Array, edges: Array, *, score: str = "additive", params: 
 
   Args:
     h: [N, H, F] per-head node features (keys and queries; also the values v unless ``values``).
-    edges: [2, E] int (source, target) pairs. Duplicate edges count as separate neighbours.
+    edges: [2, E] int (source, target) pairs (duplicate edges count as separate neighbours), or an
+      ``edge_incidence`` of a fixed graph, used as given: the fast path (gathers and adds, no
+      scatters, also in the gradient; the dropout mask is computed once).
     score: a registered graph score name. params: its parameters (per head or shared).
     edge_mask: [E] bool, False drops an edge (e.g. self loops to be replaced).
     dropout_rate: dropout on the attention coefficients (after the softmax), needs ``rng``.
@@ -173,11 +180,25 @@ def graph_attention(h: Array, edges: Array, *, score: str = "additive", params: 
     out [N, H, Fv] (zeros for nodes without incoming edges), and α [E, H] with return_weights.
   """
   n = h.shape[0]
-  alpha = segment_softmax(edge_scores(h, edges, score=score, params=params,
-                                      negative_slope=negative_slope),
-                          edges[1], n, mask=edge_mask, indices_are_sorted=indices_are_sorted)  # [E, H]
-  dropped = alpha if dropout_rate == 0 or rng is None else dropout_weights(alpha, rng, dropout_rate)
+  scores = edge_scores(h, edges, score=score, params=params, negative_slope=negative_slope)
   v = h if values is None else values  # [N, H, Fv]
+  drop = dropout_rate != 0 and rng is not None
+  if isinstance(edges, segments.Incidence):
+    if edge_mask is not None:
+      raise ValueError("graph_attention: edge_mask is not supported with an edge_incidence (build "
+                       "the incidence from the edges to keep)")
+    if edges.num_out != n or edges.num_in != n:
+      raise ValueError(f"graph_attention: the edge_incidence is for {edges.num_out} nodes, h has {n}")
+    alpha = segments.segment_softmax(scores, edges)  # [E, H]
+    if drop:  # mask and dropped weights once each (backward, and the gathers by slot)
+      dropped = materialize(dropout_weights(alpha, rng, dropout_rate, materialize_mask=True))
+    else:
+      dropped = alpha
+    out = segments.gather_sum(v, dropped, edges)  # [N, H, Fv]
+    return (out, alpha) if return_weights else out
+  alpha = segment_softmax(scores, edges[1], n, mask=edge_mask,
+                          indices_are_sorted=indices_are_sorted)  # [E, H]
+  dropped = dropout_weights(alpha, rng, dropout_rate) if drop else alpha
   out = jax.ops.segment_sum(dropped[:, :, None] * v[edges[0]], edges[1], num_segments=n,
                             indices_are_sorted=indices_are_sorted)  # [N, H, Fv]
   return (out, alpha) if return_weights else out
@@ -230,6 +251,13 @@ def prepare_edges(edges, num_nodes: int, *, self_loops: bool = True) -> np.ndarr
   e = np.unique(e.astype(np.int64), axis=1)  # sorted by (source, target): re-sort by target
   order = np.lexsort((e[0], e[1]))
   return e[:, order].astype(np.int32)
+
+
+def edge_incidence(edges, num_nodes: int, *, self_loops: bool = True) -> segments.Incidence:
+  """Host-side: the ``segments.Incidence`` of ``prepare_edges(edges, num_nodes, self_loops=...)``
+  (out = target, in = source), the fast path of ``graph_attention`` for a fixed graph."""
+  e = prepare_edges(edges, num_nodes, self_loops=self_loops)
+  return segments.incidence(e[1], e[0], num_nodes, num_nodes)
 
 
 def edges_to_adjacency(edges, num_nodes: int) -> Array:

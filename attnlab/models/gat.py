@@ -11,10 +11,13 @@ while training, and with ``value_dropout`` > 0 also the projected features W h u
 with the input dropout rate; configs/cora_gat.py sets 0.6). The paper's Cora setting is the
 default otherwise: 8 heads x 8 hidden, 1 output head, p = 0.6 (PubMed: output_heads=8).
 
-Features come dense (``batch["features"]`` [N, F]) or sparse (``batch["feature_index"]`` [nnz, 2]
-(node, feature) and ``batch["feature_values"]`` [nnz], e.g. ``planetoid(sparse_features=True)``):
-the first projection and the input dropout then cost O(nnz) instead of O(N·F). ``score`` is any registered graph score: additive (GAT),
-gatv2, dot, scaled_dot, general, uniform (mean over neighbours, a GCN-like reference).
+Features come dense (``batch["features"]`` [N, F]) or sparse (``batch["feature_values"]`` [nnz]
+with ``batch["feature_lists/*"]`` or ``batch["feature_index"]`` [nnz, 2] (node, feature), e.g.
+``planetoid(sparse_features=True)``): the first projection and the input dropout then cost O(nnz)
+instead of O(N·F). The graph is ``batch["edge_lists/*"]`` (``kernels.edge_incidence``: the
+scatter-free fast path, as attnlab.data.graph serves it) or else ``batch["edges"]`` [2, E].
+``score`` is any registered graph score: additive (GAT), gatv2, dot, scaled_dot, general, uniform
+(mean over neighbours, a GCN-like reference).
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.experimental import sparse
 
-from attnlab import modules
+from attnlab import kernels, modules
+from attnlab.kernels import segments
 from attnlab.models import _common
 
 
@@ -48,18 +52,24 @@ class GAT(nnx.Module):
                                          head_merge="mean", **common)
 
   def __call__(self, batch: dict, *, train: bool) -> tuple[jax.Array, dict]:
-    edges = jnp.asarray(batch["edges"])  # [2, E] (source, target)
+    edges = segments.from_arrays(batch, "edge_lists")  # self loops included
+    edges = jnp.asarray(batch["edges"]) if edges is None else edges  # or [2, E] (source, target)
     det, sow = not train, _common.sow_enabled()
+    lists = segments.from_arrays(batch, "feature_lists")
     if "feature_values" in batch:  # sparse features: dropout on the stored entries only
-      n = batch["labels"].shape[0]
-      x = sparse.BCOO((jnp.asarray(batch["feature_values"]), jnp.asarray(batch["feature_index"])),
-                      shape=(n, self.layer1.in_features), indices_sorted=True, unique_indices=True)
+      values = jnp.asarray(batch["feature_values"])  # [nnz]
+      if lists is not None:
+        x = kernels.SparseMatrix(values, lists)
+      else:
+        x = sparse.BCOO((values, jnp.asarray(batch["feature_index"])), indices_sorted=True,
+                        shape=(batch["labels"].shape[0], self.layer1.in_features), unique_indices=True)
       if train and self.drop.rate > 0:
         x = modules.sparse_dropout(x, self.drop.rate, self.drop.rngs())
     else:
       x = self.drop(jnp.asarray(batch["features"]), deterministic=det)  # [N, F]
     h = self.layer1(x, edges, deterministic=det, sow_weights=sow)
     h = nnx.elu(h)  # [N, H·hidden]
-    logits = self.layer2(self.drop(h, deterministic=det), edges, deterministic=det,
-                         sow_weights=sow)  # [N, C]
+    if train and self.drop.rate > 0:  # the mask once, for the forward and backward gathers of h
+      h = kernels.dropout_weights(h, self.drop.rngs(), self.drop.rate, materialize_mask=True)
+    logits = self.layer2(h, edges, deterministic=det, sow_weights=sow)  # [N, C]
     return logits, {}

@@ -80,10 +80,12 @@ class GraphAttention(nnx.Module):
   def __call__(self, x: Array, edges: Array | None = None, *, adjacency: Array | None = None,
                edges_prepared: bool = False, deterministic: bool | None = None, rngs: Any = None,
                return_weights: bool = False, sow_weights: bool = False):
-    """Node features x [N, F_in] (dense, or a ``jax.experimental.sparse.BCOO``) -> [N, H·F']
-    (concat) or [N, F'] (mean).
+    """Node features x [N, F_in] (dense, a ``jax.experimental.sparse.BCOO`` or a
+    ``kernels.SparseMatrix``) -> [N, H·F'] (concat) or [N, F'] (mean).
 
-    Exactly one of ``edges`` [2, E] (source, target) or ``adjacency`` [N, N] must be given.
+    Exactly one of ``edges`` [2, E] (source, target) or ``adjacency`` [N, N] must be given;
+    ``edges`` may also be a ``kernels.edge_incidence`` of a fixed graph (the fast path: used as
+    given, self loops as built, no scatters).
     ``edges_prepared``: ``edges`` come from ``kernels.prepare_edges`` (self loops already as the
     layer wants them, sorted by target); the layer then uses them as they are.
     With ``return_weights`` also returns the attention weights: for an edge list a dict
@@ -95,7 +97,10 @@ class GraphAttention(nnx.Module):
     if x.ndim != 2 or x.shape[-1] != self.in_features:
       raise ValueError(f"{_NAME}: x must have shape [num_nodes, {self.in_features}], got {x.shape}")
     n, heads, f = x.shape[0], self.num_heads, self.out_features
-    if isinstance(x, sparse.BCOO):  # sparse bag-of-words features (e.g. Cora): nnz-cost matmul
+    if isinstance(x, kernels.SparseMatrix):  # sparse bag-of-words features (Cora): O(nnz), no scatter
+      h = kernels.segments.matmul(x, self.kernel[...].reshape(self.in_features, heads * f))
+      h = h.reshape(n, heads, f)  # [N, H, F']
+    elif isinstance(x, sparse.BCOO):  # nnz-cost matmul
       h = (x @ self.kernel[...].reshape(self.in_features, heads * f)).reshape(n, heads, f)
     else:
       h = jnp.einsum("nf,fhd->nhd", x, self.kernel[...])  # [N, H, F']
@@ -105,7 +110,8 @@ class GraphAttention(nnx.Module):
     values = None
     if rng is not None and self.value_dropout_rate > 0:
       rng, v_rng = jax.random.split(rng) if self.dropout_rate > 0 else (None, rng)
-      values = kernels.dropout_weights(h, v_rng, self.value_dropout_rate)  # [N, H, F'] inverted dropout
+      values = kernels.materialize(kernels.dropout_weights(  # [N, H, F'], gathered per edge:
+          h, v_rng, self.value_dropout_rate, materialize_mask=True))  # mask and values once
     common = dict(score=self.score, params=params, negative_slope=self.negative_slope,
                   dropout_rate=self.dropout_rate if rng is not None else 0.0, rng=rng,
                   return_weights=True, values=values)
@@ -118,6 +124,9 @@ class GraphAttention(nnx.Module):
         adjacency = adjacency | jnp.eye(n, dtype=jnp.bool_)
       out, alpha = kernels.dense_graph_attention(h, adjacency, **common)  # [N, H, F'], [H, N, N]
       weights = alpha
+    elif isinstance(edges, kernels.Incidence):
+      out, alpha = kernels.graph_attention(h, edges, **common)
+      weights = {"edges": jnp.stack([edges.in_index, edges.out_index]), "alpha": alpha}
     else:
       edges = jnp.asarray(edges)
       if edges.ndim != 2 or edges.shape[0] != 2:
@@ -154,10 +163,14 @@ class GraphAttention(nnx.Module):
     return stream()
 
 
-def sparse_dropout(x: sparse.BCOO, rate: float, rng: Array) -> sparse.BCOO:
+def sparse_dropout(x: sparse.BCOO | kernels.SparseMatrix, rate: float, rng: Array):
   """Inverted dropout on the stored entries of a sparse feature matrix (GAT's input dropout at
   nnz cost: the implicit zeros stay zero either way)."""
   if rate == 0:
     return x
-  keep = jax.random.bernoulli(rng, 1.0 - rate, x.data.shape)
-  return sparse.BCOO((jnp.where(keep, x.data / (1.0 - rate), 0.0), x.indices), shape=x.shape)
+  data = x.values if isinstance(x, kernels.SparseMatrix) else x.data
+  keep = kernels.materialize(jax.random.bernoulli(rng, 1.0 - rate, data.shape))  # read by gathers
+  data = jnp.where(keep, data / (1.0 - rate), 0.0)
+  if isinstance(x, kernels.SparseMatrix):
+    return kernels.SparseMatrix(kernels.materialize(data), x.incidence)
+  return sparse.BCOO((data, x.indices), shape=x.shape)
