@@ -9,8 +9,10 @@ unchanged on GPU/TPU). The bits pass an optimisation barrier, a request to mater
 rather than recompute the hash inside a consumer that broadcasts them. XLA:CPU drops barriers before
 it fuses (pass ``cse_barrier_expander``), so there the hash may still be fused into such a consumer
 (seen: the Cora train step's [nnz, seeds, 64] input-projection gathers); forcing the bits out with
-an identity gather made that step slower (231 vs 223 ms quiet, 568 vs 526 ms with the machine
-shared), so the barrier stays as it is.
+an identity gather made that (older, scatter-based) step slower, so the barrier stays as it is.
+Where a mask is read by gathers, the caller asks for it explicitly: ``kernels.dropout_weights(...,
+materialize_mask=True)`` (``kernels.materialize``, a two-element scatter XLA does not fuse through),
+as the graph attention layers do.
 
 Keys made with ``key(seed)`` give exactly the bits, splits and fold-ins of ``jax.random.key(seed)``
 under JAX's default ``jax_threefry_partitionable=True`` (tests/test_prng.py checks this against

@@ -128,6 +128,14 @@ def test_bad_incidence_is_refused_by_name():
     segments.incidence([0, 1], [0], 2, 3)
   with pytest.raises(ValueError, match="width"):
     segments.incidence([0], [0], 1, 1, width=0)
-  inc = segments.incidence([0], [0], 1, 1)
+  inc = segments.incidence([0, 0], [0, 1], 1, 2)
   with pytest.raises(ValueError, match="side must be one of"):
     segments.take(jnp.zeros((1,)), inc, "source")
+  with pytest.raises(ValueError, match="take: x must have 2 rows"):
+    segments.take(jnp.zeros((1,)), inc, "in")
+  with pytest.raises(ValueError, match="gather_sum: weights must have 2 rows"):
+    segments.gather_sum(jnp.zeros((2, 3)), jnp.zeros((3,)), inc)
+  with pytest.raises(ValueError, match="prefix"):
+    segments.gather_sum(jnp.zeros((2, 3)), jnp.zeros((2, 4)), inc)
+  with pytest.raises(ValueError, match="segment_softmax: scores must have 2 rows"):
+    segments.segment_softmax(jnp.zeros((5,)), inc)

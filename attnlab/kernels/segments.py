@@ -173,9 +173,15 @@ def _index(inc: Incidence, side: str) -> Array:
   return inc.out_index if side == "out" else inc.in_index
 
 
+def _check_rows(fn: str, name: str, x: Array, rows: int, what: str) -> None:
+  if x.ndim < 1 or x.shape[0] != rows:
+    raise ValueError(f"{fn}: {name} must have {rows} rows ({what}), got shape {x.shape}")
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def take(x: Array, inc: Incidence, side: str) -> Array:
   """x [n_side, ...] -> [L, ...]: each entry's row on ``side`` ("out" or "in")."""
+  _check_rows("take", "x", x, _grouping(inc, side)[3], f"one per {side} row")
   return x[_index(inc, side)]
 
 
@@ -186,6 +192,7 @@ take.defvjp(lambda x, inc, side: (take(x, inc, side), inc),
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def segment_sum(x: Array, inc: Incidence, side: str = "out") -> Array:
   """x [L, ...] -> [n_side, ...]: the sum of the entries of each row on ``side``."""
+  _check_rows("segment_sum", "x", x, inc.out_index.shape[0], "one per entry")
   return _reduce(x, inc, side, "add")
 
 
@@ -195,12 +202,14 @@ segment_sum.defvjp(lambda x, inc, side: (segment_sum(x, inc, side), inc),
 
 def segment_max(x: Array, inc: Incidence, side: str = "out") -> Array:
   """x [L, ...] -> [n_side, ...]: the max over each row's entries (-inf for rows without)."""
+  _check_rows("segment_max", "x", x, inc.out_index.shape[0], "one per entry")
   return _reduce(x, inc, side, "max")
 
 
 @jax.custom_vjp
 def segment_softmax(scores: Array, inc: Incidence) -> Array:
   """scores [L, ...] -> α [L, ...]: softmax over the entries sharing an out row."""
+  _check_rows("segment_softmax", "scores", scores, inc.out_index.shape[0], "one per entry")
   m = jax.lax.stop_gradient(segment_max(scores, inc))  # [n_out, ...]
   m = jnp.where(jnp.isfinite(m), m, 0.0)
   e = jnp.exp(scores - m[inc.out_index])  # [L, ...]
@@ -231,6 +240,11 @@ def gather_sum(table: Array, weights: Array, inc: Incidence) -> Array:
   Returns [n_out, *T]. The reverse rule is a gather_sum grouped by in rows (for the table) and a
   per-entry dot product (for the weights; dropped by XLA when nothing needs it).
   """
+  _check_rows("gather_sum", "table", table, inc.num_in, "one per in row")
+  _check_rows("gather_sum", "weights", weights, inc.out_index.shape[0], "one per entry")
+  if weights.shape[1:] != table.shape[1:weights.ndim]:
+    raise ValueError(f"gather_sum: weights [L, *W] need W a prefix of the table's trailing shape "
+                     f"{table.shape[1:]}, got weights shape {weights.shape}")
   return _gather_sum(table, weights, inc, "out")
 
 
