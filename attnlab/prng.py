@@ -11,7 +11,7 @@ it fuses (pass ``cse_barrier_expander``), so there the hash may still be fused i
 (seen: the Cora train step's [nnz, seeds, 64] input-projection gathers); forcing the bits out with
 an identity gather made that (older, scatter-based) step slower, so the barrier stays as it is.
 Where a mask is read by gathers, the caller asks for it explicitly: ``kernels.dropout_weights(...,
-materialize_mask=True)`` (``kernels.materialize``, a two-element scatter XLA does not fuse through),
+once=True)`` (``kernels.materialize``, a two-element scatter XLA does not fuse through),
 as the graph attention layers do.
 
 Keys made with ``key(seed)`` give exactly the bits, splits and fold-ins of ``jax.random.key(seed)``

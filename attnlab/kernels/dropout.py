@@ -33,16 +33,18 @@ SUFFIX = "+dropout"
 
 
 def dropout_weights(weights: Array, rng: Array, rate: float | Array, *,
-                    materialize_mask: bool = False) -> Array:
+                    once: bool = False) -> Array:
   """Inverted dropout of attention weights: keep each with probability 1 − rate, scale by 1/(1 − rate).
 
-  ``materialize_mask``: compute the keep mask once into memory (``materialize``), for arrays read
-  by gathers (graph attention) whose forward and backward would otherwise each recompute the hash.
+  ``once``: compute the keep mask and the result once into memory (``materialize``), for arrays
+  read by gathers (graph attention), whose forward and backward would otherwise each recompute the
+  mask's hash inside every gathering consumer.
   """
   keep_prob = 1.0 - jnp.asarray(rate, weights.dtype)
   keep = jax.random.bernoulli(rng, keep_prob, weights.shape)
-  keep = materialize(keep) if materialize_mask else keep
-  return jnp.where(keep, weights / jnp.maximum(keep_prob, 1e-12), 0.0)
+  dropped = jnp.where(materialize(keep) if once else keep,
+                      weights / jnp.maximum(keep_prob, 1e-12), 0.0)
+  return materialize(dropped) if once else dropped
 
 
 def materialize(x: Array) -> Array:

@@ -42,7 +42,7 @@ from attnlab import registry
 from attnlab.kernels import _params
 from attnlab.kernels import normalizers as _normalizers
 from attnlab.kernels import segments
-from attnlab.kernels.dropout import dropout_weights, materialize
+from attnlab.kernels.dropout import dropout_weights
 
 Array = jax.Array
 
@@ -190,10 +190,7 @@ def graph_attention(h: Array, edges: Array, *, score: str = "additive", params: 
     if edges.num_out != n or edges.num_in != n:
       raise ValueError(f"graph_attention: the edge_incidence is for {edges.num_out} nodes, h has {n}")
     alpha = segments.segment_softmax(scores, edges)  # [E, H]
-    if drop:  # mask and dropped weights once each (backward, and the gathers by slot)
-      dropped = materialize(dropout_weights(alpha, rng, dropout_rate, materialize_mask=True))
-    else:
-      dropped = alpha
+    dropped = dropout_weights(alpha, rng, dropout_rate, once=True) if drop else alpha
     out = segments.gather_sum(v, dropped, edges)  # [N, H, Fv]
     return (out, alpha) if return_weights else out
   alpha = segment_softmax(scores, edges[1], n, mask=edge_mask,

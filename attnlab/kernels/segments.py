@@ -41,7 +41,8 @@ WIDTHS = (4, 8, 16, 32)
 
 
 class Incidence(NamedTuple):
-  """Entries grouped by out row and by in row (see the module docstring); all int32 arrays."""
+  """Entries grouped by out row and by in row (see the module docstring); all int32 arrays
+  (NumPy as ``incidence`` builds them; pass it to jitted functions as an argument)."""
   out_slot: Array   # [C_out, P_out] entry ids by out row (L = padding)
   out_row: Array    # [C_out, P_out] in_index of those entries (0 for padding)
   out_owner: Array  # [C_out - n_out] out row of each overflow chunk
@@ -110,8 +111,7 @@ def incidence(out_index, in_index, num_out: int, num_in: int, *,
     raise ValueError(f"incidence: width must be a positive int, got {width}")
   by_out = _lists(out_index, in_index, num_out, width)
   by_in = _lists(in_index, out_index, num_in, width)
-  return Incidence(*(jnp.asarray(a) for a in (*by_out, *by_in)),
-                   jnp.asarray(out_index, jnp.int32), jnp.asarray(in_index, jnp.int32))
+  return Incidence(*by_out, *by_in, out_index.astype(np.int32), in_index.astype(np.int32))
 
 
 def to_arrays(inc: Incidence, prefix: str) -> dict[str, np.ndarray]:

@@ -70,6 +70,6 @@ class GAT(nnx.Module):
     h = self.layer1(x, edges, deterministic=det, sow_weights=sow)
     h = nnx.elu(h)  # [N, H·hidden]
     if train and self.drop.rate > 0:  # the mask once, for the forward and backward gathers of h
-      h = kernels.dropout_weights(h, self.drop.rngs(), self.drop.rate, materialize_mask=True)
+      h = kernels.dropout_weights(h, self.drop.rngs(), self.drop.rate, once=True)
     logits = self.layer2(h, edges, deterministic=det, sow_weights=sow)  # [N, C]
     return logits, {}

@@ -110,8 +110,8 @@ class GraphAttention(nnx.Module):
     values = None
     if rng is not None and self.value_dropout_rate > 0:
       rng, v_rng = jax.random.split(rng) if self.dropout_rate > 0 else (None, rng)
-      values = kernels.materialize(kernels.dropout_weights(  # [N, H, F'], gathered per edge:
-          h, v_rng, self.value_dropout_rate, materialize_mask=True))  # mask and values once
+      values = kernels.dropout_weights(h, v_rng, self.value_dropout_rate,  # [N, H, F'], gathered
+                                       once=True)                        # per edge: once
     common = dict(score=self.score, params=params, negative_slope=self.negative_slope,
                   dropout_rate=self.dropout_rate if rng is not None else 0.0, rng=rng,
                   return_weights=True, values=values)
