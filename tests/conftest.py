@@ -9,5 +9,10 @@ _CACHE = pathlib.Path(os.environ.get("ATTNLAB_TEST_JAX_CACHE",
                                      pathlib.Path(__file__).resolve().parent.parent / ".pytest_cache" / "jax"))
 jax.config.update("jax_compilation_cache_dir", str(_CACHE))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+# The tests compare with NumPy at fp32 tolerances: ask for fp32 matmuls where the backend's default
+# is lower (GPUs use TF32 for fp32 dots, ~1e-3 relative error; README "Set-up"). CPU dots are fp32
+# already; there the programs (and their compilation-cache entries) stay as they are.
+if jax.default_backend() != "cpu":
+  jax.config.update("jax_default_matmul_precision", "highest")
 
 SHARED_DATA = pathlib.Path(__file__).resolve().parent.parent.parent / "shared" / "data"
