@@ -31,6 +31,7 @@ from attnlab import kernels
 from _timing import time_interleaved  # benchmarks/ is on sys.path when run as a script
 
 D, H = 64, 8
+TORCH = "torch sdpa"
 
 
 def _jax_mem(fn, args):
@@ -119,14 +120,17 @@ def bench_size(n, b, repeats, max_dense_gb, skip_additive_from, skip=(), torch_t
         timed.append(row)
       rows.append(row)
   try:
+    if TORCH in skip:
+      raise ImportError
     t_f, t_fb = _torch_jobs(b, n, torch_threads)
     for mode, fn, fl in (("fwd", t_f, 4 * b * H * n * n * D), ("fwd+bwd", t_fb, 3.5 * 4 * b * H * n * n * D)):
-      row = {"N": n, "batch": b, "method": "torch sdpa", "mode": mode, "flops": fl, "mem_mb": None}
+      row = {"N": n, "batch": b, "method": TORCH, "mode": mode, "flops": fl, "mem_mb": None}
       rows.append(row)
       jobs.append(fn)
       timed.append(row)
   except ImportError:
-    print("torch not installed: skipping torch SDPA")
+    if TORCH not in skip:
+      print("torch not installed: skipping torch SDPA")
   for row, t in zip(timed, time_interleaved(jobs, repeats, pause)):
     row.update(seconds=t, gflops=row["flops"] / t / 1e9)
   for row in rows:
@@ -151,11 +155,11 @@ def _table(rows):
     for mode in ("fwd", "fwd+bwd"):
       t = {r["method"]: r.get("seconds") for r in rows if r["N"] == n and r["mode"] == mode}
       ours = t.get("attnlab auto")
-      parts = [f"{ref}: {t[ref] / ours:.2f}x" for ref in ("jax.nn.dpa", "torch sdpa", "naive einsum")
+      parts = [f"{ref}: {t[ref] / ours:.2f}x" for ref in ("jax.nn.dpa", TORCH, "naive einsum")
                if ours and t.get(ref)]
       if t.get("additive blocked") and t.get("additive naive"):
         parts.append(f"additive naive/blocked: {t['additive naive'] / t['additive blocked']:.2f}x")
-      print(f"  N={n:<6} {mode:<8} auto vs " + ", ".join(parts))
+      print(f"  N={n:<6} {mode:<8} auto vs " + (", ".join(parts) or "(no reference timed)"))
 
 
 _TARGET_CODE = """
@@ -195,7 +199,7 @@ def main(argv=None):
   ap.add_argument("--max-dense-gb", type=float, default=8.0)
   ap.add_argument("--additive-up-to", type=int, default=4096, help="additive rows for N <= this")
   ap.add_argument("--targets", action="store_true", help="also run the N=32768 / additive RSS targets")
-  ap.add_argument("--skip", default="", help="comma-separated method names to leave out")
+  ap.add_argument("--skip", default="", help="comma-separated method names to leave out (as the table prints them, torch sdpa included)")
   ap.add_argument("--torch-threads", type=int, default=os.cpu_count())
   ap.add_argument("--pause", type=float, default=0.3,
                   help="seconds of idle before each timed run (lets torch's OpenMP threads sleep)")
@@ -207,6 +211,9 @@ def main(argv=None):
            "pause_s": args.pause}
   print(f"{start['date']} load average {start['loadavg_start']}", flush=True)
   skip = tuple(x for x in args.skip.split(",") if x)
+  names = tuple(_jax_methods(256, None)) + (TORCH,)
+  if set(skip) - set(names):
+    ap.error(f"--skip: unknown method(s) {sorted(set(skip) - set(names))}; valid: {', '.join(names)}")
   for n in map(int, args.sizes.split(",")) if args.sizes else ():
     b = args.large_batch if n >= args.large_from else args.batch
     rows += bench_size(n, b, args.repeats, args.max_dense_gb, args.additive_up_to + 1, skip,
