@@ -8,7 +8,10 @@ and ``validate`` (deterministic val forward + early-stopping update), median of 
 after a warm-up, with host memory kept for reuse as ``attnlab train`` keeps it (attnlab.hostmem;
 ``ATTNLAB_HOST_MALLOC=off`` times glibc's default instead). ``--profile DIR`` also writes a JAX
 profiler trace of the train step for the largest seed count and prints the XLA ops that took the
-most time.
+most time. ``--xla_option KEY=VALUE`` (repeatable) also compiles both programs with those XLA
+compile options and times them in the same process, interleaved with the default build (an A/B
+that the machine's load cannot skew), e.g. ``--xla_option xla_cpu_experimental_ynn_fusion_type=``
+(no YNNPACK fusions; experiments/cora_gat/README.md).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from attnlab import hostmem, parallel, prng, steps, train
 from _timing import time_interleaved  # benchmarks/ is on sys.path when run as a script
 
 
-def programs(data_dir: str, seeds: int):
+def programs(data_dir: str, seeds: int, options: dict | None = None):
   c = config_lib.load_file("configs/cora_gat.py")
   c.unlock()
   c.data_dir, c.train.seeds = data_dir, tuple(range(seeds))
@@ -45,13 +48,28 @@ def programs(data_dir: str, seeds: int):
   live = jnp.ones((1,), bool)
   state = {"p": (params, rest, opt)}
 
+  train_chunk, validate = prog.train_chunk, prog.validate
+  if options:  # the same programs, compiled with these XLA options
+    train_chunk = train_chunk.lower(params, rest, opt, es["active"], data.static_batch, live).compile(options)
+    validate = validate.lower(params, rest, es, data.eval["val"], 1).compile(options)
+
   def step():
-    *new, _ = prog.train_chunk(*state["p"], es["active"], data.static_batch, live)
+    *new, _ = train_chunk(*state["p"], es["active"], data.static_batch, live)
     state["p"] = tuple(new)
     return new[0]
 
   jax.block_until_ready(step())  # the step's outputs (its next inputs) may be placed differently
-  return step, lambda: prog.validate(*state["p"][:2], es, data.eval["val"], 1)
+  return step, lambda: validate(*state["p"][:2], es, data.eval["val"], 1)
+
+
+def _option(text: str) -> tuple[str, object]:
+  key, sep, value = text.partition("=")
+  if not sep or not key:
+    raise argparse.ArgumentTypeError(f"--xla_option wants KEY=VALUE (VALUE may be empty), got {text!r}")
+  lowered = value.lower()
+  if lowered in ("true", "false"):
+    return key, lowered == "true"
+  return key, int(value) if value.lstrip("-").isdigit() else value
 
 
 def _profile(fn, where: str, top: int = 15):
@@ -78,15 +96,23 @@ def main(argv=None):
   ap.add_argument("--seeds", default="1,10")
   ap.add_argument("--repeats", type=int, default=10)
   ap.add_argument("--profile", default="", help="write a profiler trace here and print top ops")
+  ap.add_argument("--xla_option", type=_option, action="append", default=[],
+                  help="KEY=VALUE XLA compile option; also time a build with these options (A/B)")
   args = ap.parse_args(argv)
+  options = dict(args.xla_option)
   counts = [int(s) for s in args.seeds.split(",")]
   kept = hostmem.keep_freed_host_memory()  # before the first program runs, as the CLI does
   print(f"host memory kept for reuse (attnlab.hostmem): {'yes' if kept else 'no'}")
   print(f"{'seeds':>5} {'train step':>12} {'validate':>10} {'epoch':>9} {'per seed':>9}")
   for s in counts:
     step, validate = programs(args.data_dir, s)
-    t, v = (1e3 * x for x in time_interleaved([step, validate], args.repeats))
+    jobs = [step, validate] + (list(programs(args.data_dir, s, options)) if options else [])
+    t, v, *ab = (1e3 * x for x in time_interleaved(jobs, args.repeats))
     print(f"{s:>5} {t:>9.1f} ms {v:>7.1f} ms {t + v:>6.1f} ms {(t + v) / s:>6.1f} ms")
+    if options:
+      to, vo = ab
+      print(f"{s:>5} {to:>9.1f} ms {vo:>7.1f} ms {to + vo:>6.1f} ms {(to + vo) / s:>6.1f} ms"
+            f"  with {options}: train {to / t:.2f}x, validate {vo / v:.2f}x, epoch {(to + vo) / (t + v):.2f}x")
     if args.profile and s == max(counts):
       _profile(step, args.profile)
 
