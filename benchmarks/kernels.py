@@ -120,17 +120,15 @@ def bench_size(n, b, repeats, max_dense_gb, skip_additive_from, skip=(), torch_t
         timed.append(row)
       rows.append(row)
   try:
-    if TORCH in skip:
-      raise ImportError
-    t_f, t_fb = _torch_jobs(b, n, torch_threads)
-    for mode, fn, fl in (("fwd", t_f, 4 * b * H * n * n * D), ("fwd+bwd", t_fb, 3.5 * 4 * b * H * n * n * D)):
-      row = {"N": n, "batch": b, "method": TORCH, "mode": mode, "flops": fl, "mem_mb": None}
-      rows.append(row)
-      jobs.append(fn)
-      timed.append(row)
+    torch_jobs = () if TORCH in skip else _torch_jobs(b, n, torch_threads)
   except ImportError:
-    if TORCH not in skip:
-      print("torch not installed: skipping torch SDPA")
+    torch_jobs = ()
+    print("torch not installed: skipping torch SDPA")
+  for mode, fn, fl in zip(("fwd", "fwd+bwd"), torch_jobs, (4 * b * H * n * n * D, 3.5 * 4 * b * H * n * n * D)):
+    row = {"N": n, "batch": b, "method": TORCH, "mode": mode, "flops": fl, "mem_mb": None}
+    rows.append(row)
+    jobs.append(fn)
+    timed.append(row)
   for row, t in zip(timed, time_interleaved(jobs, repeats, pause)):
     row.update(seconds=t, gflops=row["flops"] / t / 1e9)
   for row in rows:
