@@ -12,8 +12,12 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from attnlab import kernels, registry
+import jax
+from flax import nnx
+
+from attnlab import kernels, losses, registry
 from attnlab.data import UnsafePickleError, load_planetoid, safe_pickle
+from attnlab.data.graph import computation_subgraph
 from attnlab.data.base import epoch_indices
 from tests.conftest import SHARED_DATA
 
@@ -358,6 +362,7 @@ def test_missing_file_dir_and_bad_index_named(cora_copy, tmp_path_factory):
     ("digits", {"eval_size": 1000}, ValueError, "knob eval_size .* too large"),
     ("karate", {"train_per_class": 10, "val_per_class": 7}, ValueError, "knob train_per_class"),
     ("planetoid", {"dataset": "arxiv", "data_dir": "."}, ValueError, "knob dataset='arxiv'"),
+    ("planetoid", {"subgraph_hops": -1}, ValueError, r"knob subgraph_hops must be an int >= 0"),
     ("shakespeare", {"path": "/nonexistent/input.txt"}, FileNotFoundError, "knob path"),
     ("shakespeare", {"eval_size": 10 ** 6}, ValueError, "knob eval_size"),
 ])
@@ -440,3 +445,65 @@ def test_planetoid_sparse_features_hold_the_dense_features():
   np.testing.assert_array_equal(rebuilt, d["features"])
   for k in ("edges", "labels", "mask", *(f"edge_lists/{k}" for k in kernels.Incidence._fields)):
     np.testing.assert_array_equal(s[k], d[k])
+
+
+# ------------------------------------------------------------------ computation subgraphs
+
+def _distances(edges, targets, hops):
+  """Plain breadth-first search against the edge direction: {node: fewest edges from it to a
+  target}, for nodes within ``hops``."""
+  dist = {int(t): 0 for t in targets}
+  frontier = set(dist)
+  for h in range(1, hops + 1):
+    frontier = {int(s) for s, t in edges.T if int(t) in frontier and int(s) not in dist}
+    dist.update({v: h for v in frontier})
+  return dist
+
+
+@pytest.mark.parametrize("hops", [1, 2, 3])
+def test_computation_subgraph_matches_breadth_first_search(hops):
+  rng = np.random.default_rng(hops)
+  n = 60
+  pairs = rng.integers(0, n, (90, 2))
+  pairs = pairs[pairs[:, 0] != pairs[:, 1]]
+  edges = np.unique(pairs, axis=0).T.astype(np.int32)  # directed [2, E], sorted (source, target)
+  targets = np.array([3, 17, 42])
+  dist = _distances(edges, targets, hops)
+  nodes, sub, inner = computation_subgraph(edges, n, targets, hops)
+  assert nodes.tolist() == sorted(dist)
+  near = [v for v in sorted(dist) if dist[v] <= hops - 1]  # nodes whose outputs the targets need
+  assert nodes[inner].tolist() == near
+  wanted = [(int(s), int(t)) for s, t in edges.T if dist.get(int(t), hops) <= hops - 1]
+  assert [(int(s), int(t)) for s, t in nodes[sub].T] == wanted  # relabelled, order kept
+  assert len(wanted) < edges.shape[1] and len(nodes) < n  # the random graph is not all reachable
+  with pytest.raises(ValueError, match="hops must be a positive int"):
+    computation_subgraph(edges, n, targets, 0)
+
+
+def test_planetoid_subgraph_batches_give_the_whole_graph_outputs():
+  """Two hops for the 2-layer GAT: at the split's nodes the logits are the whole graph's, and so
+  are the masked loss and its gradients (up to fp32 summation order); the batches are smaller."""
+  whole = task("planetoid", sparse_features=True)
+  sub = task("planetoid", sparse_features=True, subgraph_hops=2)
+  assert sub.spec["subgraph_hops"] == 2 and whole.spec["subgraph_hops"] == 0
+  model = registry.get("model", "gat")(spec=sub.spec, rngs=nnx.Rngs(0), hidden=4, num_heads=2,
+                                      value_dropout=0.6)
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+  @jax.jit
+  def logits_and_grads(params, batch):
+    def loss(params):
+      m = nnx.merge(graphdef, params, rest, copy=True)
+      return losses.loss_and_metrics(m, batch, family="node_classifier", train=False)[0]
+    return nnx.merge(graphdef, params, rest, copy=True)(batch, train=False)[0], jax.grad(loss)(params)
+
+  for split in ("train", "val"):
+    w, s = whole.batch(split, 0, 1), sub.batch(split, 0, 1)
+    n_sub = s["labels"].shape[0]
+    assert n_sub < w["labels"].shape[0] and s["mask"].sum() == w["mask"].sum()
+    loops = int(np.sum(s["edge_lists/out_index"] == s["edge_lists/in_index"]))
+    assert s["edge_lists/out_index"].shape[0] == s["edges"].shape[1] + loops and loops < n_sub
+    lw, gw = logits_and_grads(params, w)
+    ls, gs = logits_and_grads(params, s)
+    np.testing.assert_allclose(np.asarray(ls)[s["mask"]], np.asarray(lw)[w["mask"]], rtol=1e-6, atol=1e-7)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-8), gs, gw)

@@ -330,6 +330,14 @@ def test_registered_models_and_families():
                   "gru_seq2seq": "seq2seq", "lm": "lm", "gat": "node_classifier"}
 
 
+def test_gat_refuses_subgraphs_shallower_than_its_layers():
+  _, spec, _ = TASKS["graph"]
+  with pytest.raises(ValueError, match=r"1-hop computation subgraphs, .* 2 message-passing layers"):
+    _build("gat", {**spec, "subgraph_hops": 1}, {})
+  for hops in (0, 2, 3):
+    _build("gat", {**spec, "subgraph_hops": hops}, {"hidden": 2, "num_heads": 1})
+
+
 def test_gat_sparse_features_match_dense():
   """The sparse feature batch (planetoid(sparse_features=True)) gives the dense batch's logits, and
   value dropout makes training calls random but leaves evaluation deterministic."""

@@ -134,10 +134,13 @@ def load_planetoid(name: str, directory: str | os.PathLike, *, normalize_feature
 
 @register_task("planetoid")
 def make_planetoid(*, dataset: str = "cora", data_dir: str | None = None,
-                   normalize_features: bool = True, sparse_features: bool = False) -> GraphTask:
+                   normalize_features: bool = True, sparse_features: bool = False,
+                   subgraph_hops: int = 0) -> GraphTask:
   """Planetoid node classification. Knobs: dataset (cora | citeseer | pubmed), data_dir (the directory
   of the ind.* files; required), normalize_features (row-normalise, as GAT), sparse_features (batches
-  hold ``feature_index``/``feature_values`` instead of dense ``features``; see attnlab.data.graph)."""
+  hold ``feature_index``/``feature_values`` instead of dense ``features``), subgraph_hops (0: every
+  batch is the whole graph; k: each split's k-hop computation subgraph, exact for models of at most
+  k message-passing layers); see attnlab.data.graph."""
   check_choice("planetoid", "dataset", dataset, DATASETS)
   if data_dir is None:
     raise knob_error("planetoid", "data_dir", "is required: the directory holding the Planetoid files "
@@ -145,4 +148,4 @@ def make_planetoid(*, dataset: str = "cora", data_dir: str | None = None,
   check_choice("planetoid", "normalize_features", normalize_features, (True, False))
   check_choice("planetoid", "sparse_features", sparse_features, (True, False))
   return GraphTask("planetoid", load_planetoid(dataset, data_dir, normalize_features=normalize_features),
-                   sparse_features=sparse_features)
+                   sparse_features=sparse_features, subgraph_hops=subgraph_hops)

@@ -229,11 +229,13 @@ def with_self_loops(edges: Array, num_nodes: int) -> tuple[Array, Array]:
   return all_edges, jnp.concatenate([keep, jnp.ones((num_nodes,), jnp.bool_)])
 
 
-def prepare_edges(edges, num_nodes: int, *, self_loops: bool = True) -> np.ndarray:
+def prepare_edges(edges, num_nodes: int, *, self_loops: bool | np.ndarray = True) -> np.ndarray:
   """Host-side preparation, once per graph (NumPy, not traceable): the fast path of the layer.
 
-  Drops duplicate edges and self loops, adds one self loop per node if ``self_loops``, and sorts
-  by (target, source) so the segment ops can use ``indices_are_sorted=True``. Returns int32 [2, E'].
+  Drops duplicate edges and self loops, adds one self loop per node if ``self_loops`` is True (per
+  listed node if it is an array of node ids, e.g. only where a computation subgraph needs outputs),
+  and sorts by (target, source) so the segment ops can use ``indices_are_sorted=True``. Returns
+  int32 [2, E'].
   """
   e = np.asarray(edges)
   if e.ndim != 2 or e.shape[0] != 2:
@@ -242,15 +244,19 @@ def prepare_edges(edges, num_nodes: int, *, self_loops: bool = True) -> np.ndarr
     raise ValueError(f"prepare_edges: node ids must lie in [0, {num_nodes}), got range "
                      f"[{e.min()}, {e.max()}]")
   e = e[:, e[0] != e[1]]
-  if self_loops:
-    loops = np.arange(num_nodes)
+  if self_loops is not False:
+    loops = np.arange(num_nodes) if self_loops is True else np.asarray(self_loops, np.int64)
+    if loops.ndim != 1 or (loops.size and (loops.min() < 0 or loops.max() >= num_nodes)):
+      raise ValueError(f"prepare_edges: self_loops must be a bool or a 1-D array of node ids in "
+                       f"[0, {num_nodes}), got {self_loops!r}")
     e = np.concatenate([e, np.stack([loops, loops])], axis=1)
   e = np.unique(e.astype(np.int64), axis=1)  # sorted by (source, target): re-sort by target
   order = np.lexsort((e[0], e[1]))
   return e[:, order].astype(np.int32)
 
 
-def edge_incidence(edges, num_nodes: int, *, self_loops: bool = True) -> segments.Incidence:
+def edge_incidence(edges, num_nodes: int, *,
+                   self_loops: bool | np.ndarray = True) -> segments.Incidence:
   """Host-side: the ``segments.Incidence`` of ``prepare_edges(edges, num_nodes, self_loops=...)``
   (out = target, in = source), the fast path of ``graph_attention`` for a fixed graph."""
   e = prepare_edges(edges, num_nodes, self_loops=self_loops)

@@ -35,6 +35,7 @@ from attnlab.models import _common
 @_common.register_model("gat")
 class GAT(nnx.Module):
   family = "node_classifier"
+  num_layers = 2  # message-passing layers: the computation subgraph needs this many hops
   supports = {"score": "any graph_score (additive, gatv2, dot, scaled_dot, general, uniform)"}
 
   def __init__(self, *, spec: dict, rngs: nnx.Rngs, hidden: int = 8, num_heads: int = 8,
@@ -42,6 +43,11 @@ class GAT(nnx.Module):
                attention_dropout: float | None = None, value_dropout: float = 0.0,
                negative_slope: float = 0.2):
     _common.check_spec(self.name, spec, "num_features", "num_classes")
+    hops = spec.get("subgraph_hops", 0)
+    if 0 < hops < self.num_layers:  # fewer hops than layers: the outputs would be wrong
+      raise ValueError(f"model {self.name!r}: the task serves {hops}-hop computation subgraphs, but "
+                       f"the model has {self.num_layers} message-passing layers; set the task's "
+                       f"subgraph_hops to 0 (whole graph) or >= {self.num_layers}")
     att = dropout_rate if attention_dropout is None else attention_dropout
     common = dict(score=score, dropout_rate=att, value_dropout_rate=value_dropout,
                   negative_slope=negative_slope, rngs=rngs)
