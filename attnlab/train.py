@@ -196,32 +196,46 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     logging.info("%s: resumed from step %d", workdir, step)
   if is_primary():
     _trim_metrics(workdir / "metrics.jsonl", step)
-  params, rest, opt_state, es = state
   val = None
   next_ckpt = step + config.train.checkpoint_every if config.train.checkpoint_every else None
-  batches = data.train(step, every, total) if step < total else None
+
+  def chunk(state, at, batches):
+    """Dispatches the steps after ``at`` and their validation; nothing waits for the device."""
+    params, rest, opt_state, es = state
+    live = jnp.arange(at, at + every) < total
+    params, rest, opt_state, train_m = prog.train_chunk(params, rest, opt_state, es["active"], batches,
+                                                        live)
+    n = min(every, total - at)
+    es, val = prog.validate(params, rest, es, data.eval["val"], at + n)
+    return (params, rest, opt_state, es), train_m, val, n
+
+  running = None
+  if step < total and bool(np.any(jax.device_get(state[3]["active"]))):
+    running = chunk(state, step, data.train(step, every, total))
   with open(workdir / "metrics.jsonl" if is_primary() else os.devnull, "a") as log:
-    while step < total and bool(np.any(jax.device_get(es["active"]))):
-      live = jnp.arange(step, step + every) < total
-      params, rest, opt_state, train_m = prog.train_chunk(params, rest, opt_state, es["active"], batches,
-                                                          live)
-      n = min(every, total - step)
-      es, val = prog.validate(params, rest, es, data.eval["val"], step + n)
-      if step + n < total:
-        batches = data.train(step + n, every, total)  # host work overlaps the dispatched programs
-      train_m, val = jax.device_get((train_m, val))
+    while running is not None:
+      new_state, train_m, val, n = running
+      # The next chunk is dispatched before this one is read (its seeds' on-flags stay on the
+      # device), so the device never waits for the host; dropped below if every seed has stopped
+      # (it then changed nothing: stopped seeds are frozen).
+      running = (chunk(new_state, step + n, data.train(step + n, every, total)) if step + n < total
+                 else None)
+      train_m, val, active = jax.device_get((train_m, val, new_state[3]["active"]))
       for k in range(n):
         log.write(json.dumps({"step": step + k + 1, "split": "train",
                               **{m: np.asarray(v[k]).tolist() for m, v in train_m.items()}}) + "\n")
-      step += n
+      step, state = step + n, new_state
       log.write(json.dumps({"step": step, "split": "val", **{m: np.asarray(v).tolist()
                                                              for m, v in val.items()}}) + "\n")
       log.flush()
       logging.info("%s step %d: %s", workdir.name, step,
                    ", ".join(f"val {m} {np.mean(v):.4f}" for m, v in val.items()))
       if next_ckpt is not None and step >= next_ckpt and step < total:
-        checkpoints.save(ckpt_dir, step, (params, rest, opt_state, es))
+        checkpoints.save(ckpt_dir, step, state)
         next_ckpt = step + config.train.checkpoint_every
+      if not np.any(active):
+        running = None
+  params, rest, opt_state, es = state
   checkpoints.save(ckpt_dir, step, (params, rest, opt_state, es))
   early = patience > 0
   final_params, final_rest = (es["best_params"], es["best_rest"]) if early else (params, rest)

@@ -11,7 +11,10 @@ profiler trace of the train step for the largest seed count and prints the XLA o
 most time. ``--xla_option KEY=VALUE`` (repeatable) also compiles both programs with those XLA
 compile options and times them in the same process, interleaved with the default build (an A/B
 that the machine's load cannot skew), e.g. ``--xla_option xla_cpu_experimental_ynn_fusion_type=``
-(no YNNPACK fusions; experiments/cora_gat/README.md).
+(no YNNPACK fusions; experiments/cora_gat/README.md). ``--task_knob KEY=VALUE`` (repeatable) does
+the same for the config's task knobs, e.g. ``--task_knob subgraph_hops=0`` (the whole graph
+against the 2-hop computation subgraphs configs/cora_gat.py uses); with both, the second build
+has both.
 """
 
 from __future__ import annotations
@@ -31,10 +34,15 @@ from attnlab import hostmem, parallel, prng, steps, train
 from _timing import time_interleaved  # benchmarks/ is on sys.path when run as a script
 
 
-def programs(data_dir: str, seeds: int, options: dict | None = None):
+def programs(data_dir: str, seeds: int, options: dict | None = None, knobs: dict | None = None):
   c = config_lib.load_file("configs/cora_gat.py")
   c.unlock()
   c.data_dir, c.train.seeds = data_dir, tuple(range(seeds))
+  for key, value in (knobs or {}).items():
+    if key not in c.task.knobs:
+      raise SystemExit(f"--task_knob: unknown knob {key!r}; the config's task knobs: "
+                       f"{', '.join(c.task.knobs)}")
+    c.task.knobs[key] = value
   task = train.make_task(c)
   data = train._Data(task, c, list(c.train.seeds), parallel.make_mesh())  # noqa: SLF001
   prog = steps.build(train.model_class(c, task), task.spec, c.model.options.to_dict(), task.family,
@@ -65,7 +73,7 @@ def programs(data_dir: str, seeds: int, options: dict | None = None):
 def _option(text: str) -> tuple[str, object]:
   key, sep, value = text.partition("=")
   if not sep or not key:
-    raise argparse.ArgumentTypeError(f"--xla_option wants KEY=VALUE (VALUE may be empty), got {text!r}")
+    raise argparse.ArgumentTypeError(f"wants KEY=VALUE (VALUE may be empty), got {text!r}")
   lowered = value.lower()
   if lowered in ("true", "false"):
     return key, lowered == "true"
@@ -98,21 +106,25 @@ def main(argv=None):
   ap.add_argument("--profile", default="", help="write a profiler trace here and print top ops")
   ap.add_argument("--xla_option", type=_option, action="append", default=[],
                   help="KEY=VALUE XLA compile option; also time a build with these options (A/B)")
+  ap.add_argument("--task_knob", type=_option, action="append", default=[],
+                  help="KEY=VALUE task knob; also time a build with these knobs (A/B)")
   args = ap.parse_args(argv)
-  options = dict(args.xla_option)
+  options, knobs = dict(args.xla_option), dict(args.task_knob)
   counts = [int(s) for s in args.seeds.split(",")]
   kept = hostmem.keep_freed_host_memory()  # before the first program runs, as the CLI does
   print(f"host memory kept for reuse (attnlab.hostmem): {'yes' if kept else 'no'}")
   print(f"{'seeds':>5} {'train step':>12} {'validate':>10} {'epoch':>9} {'per seed':>9}")
   for s in counts:
     step, validate = programs(args.data_dir, s)
-    jobs = [step, validate] + (list(programs(args.data_dir, s, options)) if options else [])
+    variant = options or knobs
+    jobs = [step, validate] + (list(programs(args.data_dir, s, options, knobs)) if variant else [])
     t, v, *ab = (1e3 * x for x in time_interleaved(jobs, args.repeats))
     print(f"{s:>5} {t:>9.1f} ms {v:>7.1f} ms {t + v:>6.1f} ms {(t + v) / s:>6.1f} ms")
-    if options:
+    if variant:
       to, vo = ab
       print(f"{s:>5} {to:>9.1f} ms {vo:>7.1f} ms {to + vo:>6.1f} ms {(to + vo) / s:>6.1f} ms"
-            f"  with {options}: train {to / t:.2f}x, validate {vo / v:.2f}x, epoch {(to + vo) / (t + v):.2f}x")
+            f"  with {options or ''}{knobs or ''}: train {to / t:.2f}x, validate {vo / v:.2f}x, "
+            f"epoch {(to + vo) / (t + v):.2f}x")
     if args.profile and s == max(counts):
       _profile(step, args.profile)
 

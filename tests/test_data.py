@@ -9,15 +9,13 @@ import sys
 import warnings
 from collections import Counter
 
+import jax
 import numpy as np
 import pytest
-
-import jax
 from flax import nnx
 
 from attnlab import kernels, losses, registry
-from attnlab.data import UnsafePickleError, load_planetoid, safe_pickle
-from attnlab.data.graph import computation_subgraph
+from attnlab.data import UnsafePickleError, computation_subgraph, load_planetoid, safe_pickle
 from attnlab.data.base import epoch_indices
 from tests.conftest import SHARED_DATA
 

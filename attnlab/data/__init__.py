@@ -7,9 +7,9 @@ Importing this package registers the built-in tasks under the registry kind ``ta
 
 from attnlab.data import digits, karate, listops, planetoid, shakespeare, synthetic  # noqa: F401 (register)
 from attnlab.data.base import BOS, FAMILIES, PAD, SPLITS, Task, register_task, rng_for
-from attnlab.data.graph import Graph
+from attnlab.data.graph import Graph, computation_subgraph
 from attnlab.data.planetoid import load_planetoid
 from attnlab.data.safe_pickle import UnsafePickleError
 
-__all__ = ["BOS", "FAMILIES", "PAD", "SPLITS", "Graph", "Task", "UnsafePickleError", "load_planetoid",
-           "register_task", "rng_for"]
+__all__ = ["BOS", "FAMILIES", "PAD", "SPLITS", "Graph", "Task", "UnsafePickleError",
+           "computation_subgraph", "load_planetoid", "register_task", "rng_for"]
