@@ -9,6 +9,9 @@ Task loss by family (metrics["loss"] is always this task loss, comparable across
 | `lm`              | token CE over targets != PAD               | loss, accuracy (token)                |
 | `node_classifier` | CE over the nodes of ``batch["mask"]``     | loss, accuracy                        |
 
+(node classifiers may return logits for the first n ≤ N nodes only: a computation subgraph lists
+the nodes whose outputs count first, attnlab.data.graph; labels and mask are then read for those.)
+
 Hard attention (the model's ``aux`` has ``log_prob`` [B], the summed log-probabilities of its
 sampled attention positions) is not differentiable through the sample; the returned loss adds the
 score-function (REINFORCE) term with a baseline and an entropy bonus (Xu et al. 2015, Show, Attend
@@ -56,7 +59,8 @@ def _per_example(logits: Array, batch: dict, family: str) -> tuple[Array, dict]:
     acc = jnp.mean(jnp.argmax(logits, -1) == labels)
     return ce, {"loss": jnp.mean(ce), "accuracy": acc}
   if family == "node_classifier":
-    labels, mask = jnp.asarray(batch["labels"]), jnp.asarray(batch["mask"])  # [N], [N]
+    n = logits.shape[0]  # all N nodes, or the first n (a computation subgraph's targets)
+    labels, mask = jnp.asarray(batch["labels"])[:n], jnp.asarray(batch["mask"])[:n]  # [n], [n]
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)  # [N]
     right = jnp.argmax(logits, -1) == labels
     return ce, {"loss": _masked_mean(ce, mask), "accuracy": _masked_mean(right, mask)}

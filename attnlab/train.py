@@ -199,17 +199,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   val = None
   next_ckpt = step + config.train.checkpoint_every if config.train.checkpoint_every else None
 
+  all_live = jnp.ones((every,), bool)  # made once: host work per chunk slows the device (2 cores)
+
   def chunk(state, at, batches):
     """Dispatches the steps after ``at`` and their validation; nothing waits for the device."""
     params, rest, opt_state, es = state
-    live = jnp.arange(at, at + every) < total
+    live = all_live if at + every <= total else jnp.arange(at, at + every) < total
     params, rest, opt_state, train_m = prog.train_chunk(params, rest, opt_state, es["active"], batches,
                                                         live)
     n = min(every, total - at)
     es, val = prog.validate(params, rest, es, data.eval["val"], at + n)
     return (params, rest, opt_state, es), train_m, val, n
 
-  running = None
+  running, next_log = None, 0.0
   if step < total and bool(np.any(jax.device_get(state[3]["active"]))):
     running = chunk(state, step, data.train(step, every, total))
   with open(workdir / "metrics.jsonl" if is_primary() else os.devnull, "a") as log:
@@ -227,10 +229,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       step, state = step + n, new_state
       log.write(json.dumps({"step": step, "split": "val", **{m: np.asarray(v).tolist()
                                                              for m, v in val.items()}}) + "\n")
-      log.flush()
-      logging.info("%s step %d: %s", workdir.name, step,
-                   ", ".join(f"val {m} {np.mean(v):.4f}" for m, v in val.items()))
+      if time.monotonic() >= next_log or not np.any(active) or step >= total:  # ~1 line a second
+        log.flush()
+        logging.info("%s step %d: %s", workdir.name, step,
+                     ", ".join(f"val {m} {np.mean(v):.4f}" for m, v in val.items()))
+        next_log = time.monotonic() + 1.0
       if next_ckpt is not None and step >= next_ckpt and step < total:
+        log.flush()  # the lines up to a checkpoint are on disk before it (resuming re-logs after it)
         checkpoints.save(ckpt_dir, step, state)
         next_ckpt = step + config.train.checkpoint_every
       if not np.any(active):

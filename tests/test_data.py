@@ -465,22 +465,25 @@ def test_computation_subgraph_matches_breadth_first_search(hops):
   pairs = rng.integers(0, n, (90, 2))
   pairs = pairs[pairs[:, 0] != pairs[:, 1]]
   edges = np.unique(pairs, axis=0).T.astype(np.int32)  # directed [2, E], sorted (source, target)
-  targets = np.array([3, 17, 42])
+  targets = np.array([42, 3, 17])
   dist = _distances(edges, targets, hops)
-  nodes, sub, inner = computation_subgraph(edges, n, targets, hops)
-  assert nodes.tolist() == sorted(dist)
-  near = [v for v in sorted(dist) if dist[v] <= hops - 1]  # nodes whose outputs the targets need
-  assert nodes[inner].tolist() == near
-  wanted = [(int(s), int(t)) for s, t in edges.T if dist.get(int(t), hops) <= hops - 1]
-  assert [(int(s), int(t)) for s, t in nodes[sub].T] == wanted  # relabelled, order kept
-  assert len(wanted) < edges.shape[1] and len(nodes) < n  # the random graph is not all reachable
+  nodes, sizes, layer_edges = computation_subgraph(edges, n, targets, hops)
+  assert nodes.tolist() == sorted(dist, key=lambda v: (dist[v], v))  # by distance, then id
+  assert sizes == [sum(d <= k for d in dist.values()) for k in range(hops + 1)]
+  assert len(layer_edges) == hops
+  for layer, sub in enumerate(layer_edges):  # edges into the nodes within hops - 1 - layer hops
+    wanted = [(int(s), int(t)) for s, t in edges.T if dist.get(int(t), hops) <= hops - 1 - layer]
+    assert [(int(s), int(t)) for s, t in nodes[sub].T] == wanted  # relabelled, order kept
+    assert np.all(sub[1] < sizes[hops - 1 - layer]) and np.all(sub[0] < sizes[hops - layer])
+  assert layer_edges[0].shape[1] < edges.shape[1] and len(nodes) < n  # not all reachable
   with pytest.raises(ValueError, match="hops must be a positive int"):
     computation_subgraph(edges, n, targets, 0)
 
 
 def test_planetoid_subgraph_batches_give_the_whole_graph_outputs():
-  """Two hops for the 2-layer GAT: at the split's nodes the logits are the whole graph's, and so
-  are the masked loss and its gradients (up to fp32 summation order); the batches are smaller."""
+  """Two hops for the 2-layer GAT: the logits of the split's nodes (the first rows) are the whole
+  graph's, and so are the masked loss and its gradients (up to fp32 summation order); each layer
+  computes fewer rows than the graph has."""
   whole = task("planetoid", sparse_features=True)
   sub = task("planetoid", sparse_features=True, subgraph_hops=2)
   assert sub.spec["subgraph_hops"] == 2 and whole.spec["subgraph_hops"] == 0
@@ -495,13 +498,14 @@ def test_planetoid_subgraph_batches_give_the_whole_graph_outputs():
       return losses.loss_and_metrics(m, batch, family="node_classifier", train=False)[0]
     return nnx.merge(graphdef, params, rest, copy=True)(batch, train=False)[0], jax.grad(loss)(params)
 
-  for split in ("train", "val"):
-    w, s = whole.batch(split, 0, 1), sub.batch(split, 0, 1)
-    n_sub = s["labels"].shape[0]
-    assert n_sub < w["labels"].shape[0] and s["mask"].sum() == w["mask"].sum()
-    loops = int(np.sum(s["edge_lists/out_index"] == s["edge_lists/in_index"]))
-    assert s["edge_lists/out_index"].shape[0] == s["edges"].shape[1] + loops and loops < n_sub
-    lw, gw = logits_and_grads(params, w)
-    ls, gs = logits_and_grads(params, s)
-    np.testing.assert_allclose(np.asarray(ls)[s["mask"]], np.asarray(lw)[w["mask"]], rtol=1e-6, atol=1e-7)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-8), gs, gw)
+  w, s = whole.batch("train", 0, 1), sub.batch("train", 0, 1)  # (val/test: the same code)
+  count = int(w["mask"].sum())
+  assert s["mask"][:count].all() and not s["mask"][count:].any()  # the split's nodes first
+  layers = [kernels.segments.from_arrays(s, f"edge_lists/layer{l}") for l in (0, 1)]
+  assert layers[1].num_out == count < layers[0].num_out < layers[0].num_in == len(s["labels"])
+  assert layers[1].num_in == layers[0].num_out and len(s["labels"]) < len(w["labels"])
+  lw, gw = logits_and_grads(params, w)
+  ls, gs = logits_and_grads(params, s)
+  assert ls.shape[0] == count
+  np.testing.assert_allclose(ls, np.asarray(lw)[w["mask"]], rtol=1e-6, atol=1e-7)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-8), gs, gw)

@@ -283,6 +283,9 @@ def test_gat_edge_list_equals_dense_and_numpy(score, merge, graph_x):
   rows, cols = np.nonzero(graph_x)
   x_s = kernels.SparseMatrix(jnp.asarray(graph_x[rows, cols]), kernels.incidence(rows, cols, 6, 5))
   np.testing.assert_allclose(layer(x_s, inc), want, atol=1e-5)
+  # An incidence for the first 3 nodes only (a computation-subgraph layer): their rows, nothing more.
+  first = kernels.edge_incidence(EDGES[:, EDGES[1] < 3], 6, num_out=3)
+  np.testing.assert_allclose(layer(x, first), want[:3], atol=1e-5)
   # The weights of each node's incoming edges sum to one (masked duplicate self loop: zero).
   sums = jax.ops.segment_sum(w["alpha"], w["edges"][1], num_segments=6)
   chex.assert_trees_all_close(sums, jnp.ones((6, 2)), atol=1e-6)
@@ -382,8 +385,14 @@ def test_gat_bad_inputs(graph_x):
     layer(jnp.asarray(graph_x))
   with pytest.raises(ValueError, match=r"\[2, E\]"):
     layer(jnp.asarray(graph_x), EDGES.T)
-  with pytest.raises(ValueError, match="node ids"):
+  with pytest.raises(ValueError, match=r"target ids must lie in \[0, 6\)"):
     kernels.prepare_edges(np.array([[0], [9]]), 6)
+  with pytest.raises(ValueError, match=r"target ids must lie in \[0, 2\)"):
+    kernels.prepare_edges(EDGES, 6, num_out=2)
+  with pytest.raises(ValueError, match=r"num_out must lie in \[0, num_nodes=6\]"):
+    kernels.edge_incidence(EDGES, 6, num_out=7)
+  with pytest.raises(ValueError, match="the edge_incidence is for 6 source and 6 target nodes, h has 5"):
+    layer(jnp.asarray(graph_x)[:5], kernels.edge_incidence(EDGES, 6))
 
 
 def test_gat_sparse_features_equal_dense(graph_x):

@@ -12,7 +12,8 @@ valid ones). Batches are dicts of NumPy arrays, deterministic in (seed, split, s
 | `seq2seq`         | inputs int32 [B, Ls]; targets int32 [B, Lt] (PAD=0 where shorter)           |
 | `lm`              | inputs int32 [B, L]; targets int32 [B, L] (inputs shifted left by one)      |
 | `node_classifier` | features float32 [N, F]; edges int32 [2, E]; labels int32 [N];              |
-|                   | mask bool [N] (the nodes of the requested split) — the whole graph is one batch |
+|                   | mask bool [N] (the nodes of the requested split) — the whole graph, or the |
+|                   | split's computation subgraph (its nodes first), is one batch (data.graph) |
 
 Token conventions for token tasks: 0 = PAD, 1 = BOS (decoder start), real tokens are >= 2 and
 < ``spec["vocab_size"]``. ``Task.tokens`` (when not None) names every token id, for printing.
@@ -27,8 +28,9 @@ examples each); real tasks use their fixed split. The evaluation API:
 * ``task.batch(split, i, batch_size)`` for ``i < num_batches``: chunk ``i`` of the eval set, in order
   (the last chunk may be shorter); concatenating the chunks gives ``eval_set(split)``.
 
-``node_classifier`` tasks have one batch per split (the whole graph, ``mask`` = the split's nodes),
-identical for every seed and step; their ``eval_size`` is None.
+``node_classifier`` tasks have one batch per split (the whole graph or the split's computation
+subgraph, ``mask`` = the split's nodes), identical for every seed and step; their ``eval_size`` is
+None.
 """
 
 from __future__ import annotations

@@ -14,14 +14,17 @@ loop per node (``kernels.edge_incidence``), the graph attention layers' scatter-
 Read either back with ``kernels.segments.from_arrays(batch, "edge_lists")``.
 
 ``subgraph_hops=k`` (> 0) serves each split as its k-hop *computation subgraph* instead
-(``computation_subgraph``): the split's nodes, every node within k hops upstream of them, and the
-edges into the nodes within k − 1 hops (as PyTorch Geometric's ``NeighborLoader`` with all
-neighbours, ``num_neighbors=[-1] * k``). A model of at most k message-passing layers then computes
-exactly its full-graph outputs at the split's nodes, so the loss, its gradients and the metrics
-are those of the whole graph, and the rest of the graph costs nothing (Cora, 2 hops: the 140 train
-nodes need 1664 of 2708 nodes and 4478 of 13264 edges with self loops; the 500 val nodes 2335 and
-8614). Nodes keep their relative order; ``spec["subgraph_hops"]`` = k tells the model (``gat``
-refuses fewer hops than its layers).
+(``computation_subgraph``; DGL's message-flow graphs, PyTorch Geometric's ``NeighborLoader`` with
+all neighbours): the split's nodes first, then every node within 1, ..., k hops upstream of them,
+and one edge incidence per message-passing layer, ``edge_lists/layer{l}/*``, whose targets are
+only the nodes the next layer reads (layer l of k: the nodes within k − 1 − l hops, a prefix of
+the node order) and whose sources are the rows the layer before produced. A model of k such layers
+then computes exactly its full-graph outputs at the split's nodes, as its first rows (the loss
+reads labels and mask for those), so the loss, its gradients and the metrics are those of the
+whole graph while the rest of it costs nothing. Cora, 2 hops: the 140 train nodes need 1664 of the
+2708 nodes' projections, 644 nodes' first-layer outputs (4478 edges with self loops, of 13264) and
+778 second-layer edges; the 500 val nodes 2335, 1484, 8614 and 2448. ``spec["subgraph_hops"]`` =
+k tells the model (``gat`` refuses fewer hops than its layers).
 """
 
 from __future__ import annotations
@@ -82,27 +85,33 @@ def row_normalize(features: np.ndarray) -> np.ndarray:
 
 
 def computation_subgraph(edges: np.ndarray, num_nodes: int, targets: np.ndarray,
-                         hops: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """The ``hops``-hop computation subgraph of the nodes ``targets``: (nodes, edges, inner).
+                         hops: int) -> tuple[np.ndarray, list[int], list[np.ndarray]]:
+  """The ``hops``-hop computation subgraph of the nodes ``targets``: (nodes, sizes, layer_edges).
 
-  ``nodes`` int64 [n'] (sorted) are the targets and every node with a path of at most ``hops``
-  edges to one; ``edges`` int32 [2, E'] are the edges (source, target) [2, E] whose target lies
-  within ``hops`` − 1 hops, relabelled to positions in ``nodes`` (order kept); ``inner`` int64
-  holds the positions of those nodes (the only ones whose messages are needed: they get the self
-  loops). ``hops`` rounds of message passing over it give every target the value it gets on the
-  whole graph.
+  ``nodes`` int64 [n'] are the targets and every node with a path of at most ``hops`` edges to
+  one, ordered by that distance, then by id: the nodes within d hops are the first ``sizes[d]``
+  (d = 0..hops; ``sizes[0]`` = the targets, ``sizes[hops]`` = n'). ``layer_edges[l]`` int32
+  [2, E_l] (source, target), relabelled to positions in ``nodes``, are the edges of [2, E] into the
+  nodes within ``hops - 1 - l`` hops: the l-th of ``hops`` rounds of message passing needs only
+  those targets' outputs, from inputs of the nodes within one hop more, and the last round gives
+  every target the value it gets on the whole graph.
   """
   if hops < 1:
     raise ValueError(f"computation_subgraph: hops must be a positive int, got {hops}")
-  reach = np.zeros(num_nodes, bool)  # [N] within h hops of a target
-  reach[targets] = True
-  for _ in range(hops):
-    inner = reach.copy()  # within h - 1 hops, after the last round: hops - 1
-    reach[edges[0][inner[edges[1]]]] = True
-  nodes = np.flatnonzero(reach)
-  position = np.cumsum(reach) - 1  # [N] old id -> new id (for kept nodes)
-  kept = edges[:, inner[edges[1]]]
-  return nodes, position[kept].astype(np.int32), position[inner]
+  dist = np.full(num_nodes, hops + 1)  # [N] hops to the nearest target (hops + 1: farther)
+  dist[targets] = 0
+  for d in range(1, hops + 1):
+    sources = edges[0][dist[edges[1]] == d - 1]  # of edges into the nodes d - 1 hops away
+    dist[sources] = np.minimum(dist[sources], d)
+  nodes = np.lexsort((np.arange(num_nodes), dist))[:int(np.sum(dist <= hops))]  # by (dist, id)
+  position = np.empty(num_nodes, np.int64)
+  position[nodes] = np.arange(len(nodes))
+  sizes = [int(np.sum(dist <= d)) for d in range(hops + 1)]
+  layer_edges = []
+  for l in range(hops):
+    e = edges[:, dist[edges[1]] <= hops - 1 - l]
+    layer_edges.append(position[e].astype(np.int32))
+  return nodes, sizes, layer_edges
 
 
 def _feature_arrays(features: np.ndarray, sparse: bool) -> dict[str, np.ndarray]:
@@ -136,14 +145,21 @@ class GraphTask(Task):
     if key not in self._parts:
       g = self.graph
       if self.subgraph_hops:
-        nodes, edges, loops = computation_subgraph(g.edges, g.num_nodes, g.split_index(split),
-                                                   self.subgraph_hops)
-        features = g.features[nodes]
+        nodes, sizes, layer_edges = computation_subgraph(g.edges, g.num_nodes, g.split_index(split),
+                                                         self.subgraph_hops)
+        lists = {}
+        for l, e in enumerate(layer_edges):  # layer l: targets = the first sizes[hops - 1 - l] nodes
+          out, into = sizes[self.subgraph_hops - 1 - l], sizes[self.subgraph_hops - l]
+          lists.update(segments.to_arrays(graph_kernels.edge_incidence(
+              e, into, num_out=out), f"edge_lists/layer{l}"))
+        arrays = {**_feature_arrays(g.features[nodes], self.sparse_features),
+                  "edges": layer_edges[0], **lists}
       else:
-        nodes, edges, features, loops = np.arange(g.num_nodes), g.edges, g.features, True
-      incidence = graph_kernels.edge_incidence(edges, len(nodes), self_loops=loops)
-      arrays = {**_feature_arrays(features, self.sparse_features), "edges": edges,
-                "labels": g.labels[nodes], **segments.to_arrays(incidence, "edge_lists")}
+        nodes = np.arange(g.num_nodes)
+        arrays = {**_feature_arrays(g.features, self.sparse_features), "edges": g.edges,
+                  **segments.to_arrays(graph_kernels.edge_incidence(g.edges, g.num_nodes),
+                                       "edge_lists")}
+      arrays["labels"] = g.labels[nodes]
       self._parts[key] = (nodes, arrays)
     return self._parts[key]
 

@@ -150,7 +150,8 @@ def edge_scores(h: Array, edges: Array | segments.Incidence, *, score: str = "ad
   node features h [N, H, F]."""
   s, fd, fs, p_axis = _node_features(score, params, h)  # fd, fs [N, H, A]
   if isinstance(edges, segments.Incidence):  # gathers whose gradients are scatter-free sums
-    fd_e, fs_e = segments.take(fd, edges, "out"), segments.take(fs, edges, "in")  # [E, H, A]
+    fd_e = segments.take(fd[:edges.num_out], edges, "out")  # [E, H, A]; targets: the first rows
+    fs_e = segments.take(fs, edges, "in")  # [E, H, A]
   else:
     fd_e, fs_e = fd[edges[1]], fs[edges[0]]  # [E, H, A]
   edge = lambda p, a, b: s.edge(p, a, b, negative_slope=negative_slope)
@@ -168,7 +169,8 @@ def graph_attention(h: Array, edges: Array, *, score: str = "additive", params: 
     h: [N, H, F] per-head node features (keys and queries; also the values v unless ``values``).
     edges: [2, E] int (source, target) pairs (duplicate edges count as separate neighbours), or an
       ``edge_incidence`` of a fixed graph, used as given: the fast path (gathers and adds, no
-      scatters, also in the gradient; the dropout mask is computed once).
+      scatters, also in the gradient; the dropout mask is computed once). An incidence built with
+      ``num_out`` < N has its targets in the first ``num_out`` rows of h and outputs only those.
     score: a registered graph score name. params: its parameters (per head or shared).
     edge_mask: [E] bool, False drops an edge (e.g. self loops to be replaced).
     dropout_rate: dropout on the attention coefficients (after the softmax), needs ``rng``.
@@ -177,18 +179,21 @@ def graph_attention(h: Array, edges: Array, *, score: str = "additive", params: 
     values: [N, H, Fv] node values v summed with the weights (default h), e.g. the dropped-out h of
       GAT's reference code (scores from h, sum over dropout(h)).
   Returns:
-    out [N, H, Fv] (zeros for nodes without incoming edges), and α [E, H] with return_weights.
+    out [N, H, Fv] ([num_out, H, Fv] for such an incidence; zeros for nodes without incoming
+    edges), and α [E, H] with return_weights.
   """
   n = h.shape[0]
-  scores = edge_scores(h, edges, score=score, params=params, negative_slope=negative_slope)
-  v = h if values is None else values  # [N, H, Fv]
-  drop = dropout_rate != 0 and rng is not None
   if isinstance(edges, segments.Incidence):
     if edge_mask is not None:
       raise ValueError("graph_attention: edge_mask is not supported with an edge_incidence (build "
                        "the incidence from the edges to keep)")
-    if edges.num_out != n or edges.num_in != n:
-      raise ValueError(f"graph_attention: the edge_incidence is for {edges.num_out} nodes, h has {n}")
+    if edges.num_in != n or edges.num_out > n:
+      raise ValueError(f"graph_attention: the edge_incidence is for {edges.num_in} source and "
+                       f"{edges.num_out} target nodes, h has {n} (targets are its first rows)")
+  scores = edge_scores(h, edges, score=score, params=params, negative_slope=negative_slope)
+  v = h if values is None else values  # [N, H, Fv]
+  drop = dropout_rate != 0 and rng is not None
+  if isinstance(edges, segments.Incidence):
     alpha = segments.segment_softmax(scores, edges)  # [E, H]
     dropped = dropout_weights(alpha, rng, dropout_rate, once=True) if drop else alpha
     out = segments.gather_sum(v, dropped, edges)  # [N, H, Fv]
@@ -229,38 +234,41 @@ def with_self_loops(edges: Array, num_nodes: int) -> tuple[Array, Array]:
   return all_edges, jnp.concatenate([keep, jnp.ones((num_nodes,), jnp.bool_)])
 
 
-def prepare_edges(edges, num_nodes: int, *, self_loops: bool | np.ndarray = True) -> np.ndarray:
+def prepare_edges(edges, num_nodes: int, *, self_loops: bool = True,
+                  num_out: int | None = None) -> np.ndarray:
   """Host-side preparation, once per graph (NumPy, not traceable): the fast path of the layer.
 
-  Drops duplicate edges and self loops, adds one self loop per node if ``self_loops`` is True (per
-  listed node if it is an array of node ids, e.g. only where a computation subgraph needs outputs),
-  and sorts by (target, source) so the segment ops can use ``indices_are_sorted=True``. Returns
-  int32 [2, E'].
+  Drops duplicate edges and self loops, adds one self loop per target node if ``self_loops``, and
+  sorts by (target, source) so the segment ops can use ``indices_are_sorted=True``. Targets are the
+  first ``num_out`` nodes (default: all ``num_nodes``; fewer for a layer of a computation subgraph,
+  whose outputs are needed only there). Returns int32 [2, E'].
   """
   e = np.asarray(edges)
+  num_out = num_nodes if num_out is None else num_out
   if e.ndim != 2 or e.shape[0] != 2:
     raise ValueError(f"prepare_edges: edges must have shape [2, E] (source, target), got {e.shape}")
-  if e.size and (e.min() < 0 or e.max() >= num_nodes):
-    raise ValueError(f"prepare_edges: node ids must lie in [0, {num_nodes}), got range "
-                     f"[{e.min()}, {e.max()}]")
+  if not 0 <= num_out <= num_nodes:
+    raise ValueError(f"prepare_edges: num_out must lie in [0, num_nodes={num_nodes}], got {num_out}")
+  for row, what, n in ((0, "source", num_nodes), (1, "target", num_out)):
+    if e.shape[1] and (e[row].min() < 0 or e[row].max() >= n):
+      raise ValueError(f"prepare_edges: {what} ids must lie in [0, {n}), got range "
+                       f"[{e[row].min()}, {e[row].max()}]")
   e = e[:, e[0] != e[1]]
-  if self_loops is not False:
-    loops = np.arange(num_nodes) if self_loops is True else np.asarray(self_loops, np.int64)
-    if loops.ndim != 1 or (loops.size and (loops.min() < 0 or loops.max() >= num_nodes)):
-      raise ValueError(f"prepare_edges: self_loops must be a bool or a 1-D array of node ids in "
-                       f"[0, {num_nodes}), got {self_loops!r}")
+  if self_loops:
+    loops = np.arange(num_out)
     e = np.concatenate([e, np.stack([loops, loops])], axis=1)
   e = np.unique(e.astype(np.int64), axis=1)  # sorted by (source, target): re-sort by target
   order = np.lexsort((e[0], e[1]))
   return e[:, order].astype(np.int32)
 
 
-def edge_incidence(edges, num_nodes: int, *,
-                   self_loops: bool | np.ndarray = True) -> segments.Incidence:
-  """Host-side: the ``segments.Incidence`` of ``prepare_edges(edges, num_nodes, self_loops=...)``
-  (out = target, in = source), the fast path of ``graph_attention`` for a fixed graph."""
-  e = prepare_edges(edges, num_nodes, self_loops=self_loops)
-  return segments.incidence(e[1], e[0], num_nodes, num_nodes)
+def edge_incidence(edges, num_nodes: int, *, self_loops: bool = True,
+                   num_out: int | None = None) -> segments.Incidence:
+  """Host-side: the ``segments.Incidence`` of ``prepare_edges(edges, num_nodes, ...)`` (out =
+  target, in = source), the fast path of ``graph_attention`` for a fixed graph. With ``num_out``
+  the targets are the first ``num_out`` nodes and the layer outputs only those rows."""
+  e = prepare_edges(edges, num_nodes, self_loops=self_loops, num_out=num_out)
+  return segments.incidence(e[1], e[0], num_nodes if num_out is None else num_out, num_nodes)
 
 
 def edges_to_adjacency(edges, num_nodes: int) -> Array:

@@ -15,7 +15,10 @@ Features come dense (``batch["features"]`` [N, F]) or sparse (``batch["feature_v
 with ``batch["feature_lists/*"]`` or ``batch["feature_index"]`` [nnz, 2] (node, feature), e.g.
 ``planetoid(sparse_features=True)``): the first projection and the input dropout then cost O(nnz)
 instead of O(N·F). The graph is ``batch["edge_lists/*"]`` (``kernels.edge_incidence``: the
-scatter-free fast path, as attnlab.data.graph serves it) or else ``batch["edges"]`` [2, E].
+scatter-free fast path, as attnlab.data.graph serves it) or else ``batch["edges"]`` [2, E]; a
+computation subgraph (``subgraph_hops``) serves one incidence per layer,
+``batch["edge_lists/layer{0,1}/*"]``, each with only the target rows the next layer reads, so the
+logits cover the first rows (the split's nodes) only.
 ``score`` is any registered graph score: additive (GAT), gatv2, dot, scaled_dot, general, uniform
 (mean over neighbours, a GCN-like reference).
 """
@@ -58,8 +61,10 @@ class GAT(nnx.Module):
                                          head_merge="mean", **common)
 
   def __call__(self, batch: dict, *, train: bool) -> tuple[jax.Array, dict]:
-    edges = segments.from_arrays(batch, "edge_lists")  # self loops included
-    edges = jnp.asarray(batch["edges"]) if edges is None else edges  # or [2, E] (source, target)
+    layers = [segments.from_arrays(batch, f"edge_lists/layer{l}") for l in range(self.num_layers)]
+    if layers[0] is None:  # one graph for both layers: its incidence, or the plain edge list
+      edges = segments.from_arrays(batch, "edge_lists")  # self loops included
+      layers = [jnp.asarray(batch["edges"]) if edges is None else edges] * self.num_layers
     det, sow = not train, _common.sow_enabled()
     lists = segments.from_arrays(batch, "feature_lists")
     if "feature_values" in batch:  # sparse features: dropout on the stored entries only
@@ -73,9 +78,9 @@ class GAT(nnx.Module):
         x = modules.sparse_dropout(x, self.drop.rate, self.drop.rngs())
     else:
       x = self.drop(jnp.asarray(batch["features"]), deterministic=det)  # [N, F]
-    h = self.layer1(x, edges, deterministic=det, sow_weights=sow)
-    h = nnx.elu(h)  # [N, H·hidden]
+    h = self.layer1(x, layers[0], deterministic=det, sow_weights=sow)
+    h = nnx.elu(h)  # [N1, H·hidden]  (N1 = N, or the rows the next layer reads)
     if train and self.drop.rate > 0:  # the mask once, for the forward and backward gathers of h
       h = kernels.dropout_weights(h, self.drop.rngs(), self.drop.rate, once=True)
-    logits = self.layer2(h, edges, deterministic=det, sow_weights=sow)  # [N, C]
+    logits = self.layer2(h, layers[1], deterministic=det, sow_weights=sow)  # [N2, C]
     return logits, {}

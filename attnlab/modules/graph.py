@@ -85,7 +85,8 @@ class GraphAttention(nnx.Module):
 
     Exactly one of ``edges`` [2, E] (source, target) or ``adjacency`` [N, N] must be given;
     ``edges`` may also be a ``kernels.edge_incidence`` of a fixed graph (the fast path: used as
-    given, self loops as built, no scatters).
+    given, self loops as built, no scatters); one built with ``num_out`` (a layer of a computation
+    subgraph) gives outputs for the first ``num_out`` nodes only, [num_out, ...].
     ``edges_prepared``: ``edges`` come from ``kernels.prepare_edges`` (self loops already as the
     layer wants them, sorted by target); the layer then uses them as they are.
     With ``return_weights`` also returns the attention weights: for an edge list a dict
@@ -138,7 +139,7 @@ class GraphAttention(nnx.Module):
                                            indices_are_sorted=edges_prepared, **common)
       weights = {"edges": edges, "alpha": alpha}
     if self.head_merge == "concat":
-      out = out.reshape(n, self.num_heads * self.out_features)  # [N, H·F']
+      out = out.reshape(out.shape[0], self.num_heads * self.out_features)  # [N_out, H·F']
     else:
       out = jnp.mean(out, axis=1)  # [N, F']
     if self.bias is not None:
