@@ -501,7 +501,7 @@ def test_planetoid_subgraph_batches_give_the_whole_graph_outputs():
   w, s = whole.batch("train", 0, 1), sub.batch("train", 0, 1)  # (val/test: the same code)
   count = int(w["mask"].sum())
   assert s["mask"][:count].all() and not s["mask"][count:].any()  # the split's nodes first
-  layers = [kernels.segments.from_arrays(s, f"edge_lists/layer{l}") for l in (0, 1)]
+  layers = [kernels.segments.from_arrays(s, kernels.layer_prefix(l)) for l in (0, 1)]
   assert layers[1].num_out == count < layers[0].num_out < layers[0].num_in == len(s["labels"])
   assert layers[1].num_in == layers[0].num_out and len(s["labels"]) < len(w["labels"])
   lw, gw = logits_and_grads(params, w)

@@ -139,31 +139,26 @@ class GraphTask(Task):
     self._parts: dict[str, tuple[np.ndarray, dict[str, np.ndarray]]] = {}
 
   def _part(self, split: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """(node ids, arrays) of ``split``'s graph, built once: the whole graph (shared by the splits)
-    or the split's computation subgraph."""
+    """(node ids, arrays) of ``split``'s graph, built once: the whole graph (shared by the splits,
+    one incidence for every layer) or the split's computation subgraph (one per layer)."""
     key = split if self.subgraph_hops else "whole"
     if key not in self._parts:
-      g = self.graph
-      if self.subgraph_hops:
+      g, hops = self.graph, self.subgraph_hops
+      if hops:
         nodes, sizes, layer_edges = computation_subgraph(g.edges, g.num_nodes, g.split_index(split),
-                                                         self.subgraph_hops)
-        lists = {}
+                                                         hops)
+        edges, features, lists = layer_edges[0], g.features[nodes], {}
         for l, e in enumerate(layer_edges):  # layer l: targets = the first sizes[hops - 1 - l] nodes
-          out, into = sizes[self.subgraph_hops - 1 - l], sizes[self.subgraph_hops - l]
-          lists.update(segments.to_arrays(graph_kernels.edge_incidence(
-              e, into, num_out=out), f"edge_lists/layer{l}"))
-        arrays = {**_feature_arrays(g.features[nodes], self.sparse_features),
-                  "edges": layer_edges[0], **lists}
+          inc = graph_kernels.edge_incidence(e, sizes[hops - l], num_out=sizes[hops - 1 - l])
+          lists.update(segments.to_arrays(inc, graph_kernels.layer_prefix(l)))
       else:
-        nodes = np.arange(g.num_nodes)
-        arrays = {**_feature_arrays(g.features, self.sparse_features), "edges": g.edges,
-                  **segments.to_arrays(graph_kernels.edge_incidence(g.edges, g.num_nodes),
-                                       "edge_lists")}
-      arrays["labels"] = g.labels[nodes]
-      self._parts[key] = (nodes, arrays)
+        nodes, edges, features = np.arange(g.num_nodes), g.edges, g.features
+        lists = segments.to_arrays(graph_kernels.edge_incidence(edges, g.num_nodes), "edge_lists")
+      self._parts[key] = (nodes, {**_feature_arrays(features, self.sparse_features),
+                                  "edges": edges, "labels": g.labels[nodes], **lists})
     return self._parts[key]
 
-  def _whole(self, split: str) -> dict[str, np.ndarray]:
+  def _split_batch(self, split: str) -> dict[str, np.ndarray]:
     nodes, arrays = self._part(split)
     return {**arrays, "mask": np.isin(nodes, self.graph.split_index(split))}  # mask [N']
 
@@ -171,10 +166,10 @@ class GraphTask(Task):
     """The split's graph with ``mask`` = the nodes of ``split`` (step, batch_size, seed are ignored)."""
     del step, batch_size, seed
     self.check_split(split)
-    return self._whole(split)
+    return self._split_batch(split)
 
   def make_eval_set(self, split: str) -> dict[str, np.ndarray]:
-    return self._whole(split)
+    return self._split_batch(split)
 
   def num_batches(self, split: str, batch_size: int) -> int:
     self.check_split(split)

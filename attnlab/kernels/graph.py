@@ -262,6 +262,12 @@ def prepare_edges(edges, num_nodes: int, *, self_loops: bool = True,
   return e[:, order].astype(np.int32)
 
 
+def layer_prefix(layer: int) -> str:
+  """The batch key prefix of message-passing layer ``layer``'s own edge incidence (a computation
+  subgraph serves one per layer, attnlab.data.graph; ``segments.from_arrays(batch, prefix)``)."""
+  return f"edge_lists/layer{layer}"
+
+
 def edge_incidence(edges, num_nodes: int, *, self_loops: bool = True,
                    num_out: int | None = None) -> segments.Incidence:
   """Host-side: the ``segments.Incidence`` of ``prepare_edges(edges, num_nodes, ...)`` (out =
