@@ -142,7 +142,13 @@ def _chunked(term, combine, slot, owner, n, scatter):
   def total(rows):
     return functools.reduce(combine, [term(rows, p) for p in range(slot.shape[1])])
   head, tail = total(slice(0, n)), total(slice(n, None))  # [n, ...], [C - n, ...]
-  return scatter(head.at[owner], tail)
+  return scatter(head.at[owner], tail)  # owner >= 0: see _rows
+
+
+def _rows(x: Array, index: Array) -> Array:
+  """x[index] without jnp's wrap of negative indices (an incidence's ids are checked >= 0 when it
+  is built): the same gather with three fewer ops per index array to trace and run."""
+  return jnp.asarray(x).at[index].get(wrap_negative_indices=False)
 
 
 def _pad(x: Array, fill: float) -> Array:
@@ -157,15 +163,16 @@ def _reduce(x: Array, inc: Incidence, side: str, op: str) -> Array:
   slot, _, owner, n = _grouping(inc, side)
   xp = _pad(x, 0.0 if op == "add" else -jnp.inf)
   combine = jnp.add if op == "add" else jnp.maximum
-  scatter = (lambda at, t: at.add(t)) if op == "add" else (lambda at, t: at.max(t))
-  return _chunked(lambda rows, p: xp[slot[rows, p]], combine, slot, owner, n, scatter)
+  scatter = ((lambda at, t: at.add(t, wrap_negative_indices=False)) if op == "add"
+             else (lambda at, t: at.max(t, wrap_negative_indices=False)))
+  return _chunked(lambda rows, p: _rows(xp, slot[rows, p]), combine, slot, owner, n, scatter)
 
 
 def _gather_sum(table: Array, w: Array, inc: Incidence, side: str) -> Array:
   slot, row, owner, n = _grouping(inc, side)
   wp = _pad(w, 0.0)
-  term = lambda rows, p: table[row[rows, p]] * _expand(wp[slot[rows, p]], table.ndim)
-  return _chunked(term, jnp.add, slot, owner, n, lambda at, t: at.add(t))
+  term = lambda rows, p: _rows(table, row[rows, p]) * _expand(_rows(wp, slot[rows, p]), table.ndim)
+  return _chunked(term, jnp.add, slot, owner, n, lambda at, t: at.add(t, wrap_negative_indices=False))
 
 
 def _index(inc: Incidence, side: str) -> Array:
@@ -182,7 +189,7 @@ def _check_rows(fn: str, name: str, x: Array, rows: int, what: str) -> None:
 def take(x: Array, inc: Incidence, side: str) -> Array:
   """x [n_side, ...] -> [L, ...]: each entry's row on ``side`` ("out" or "in")."""
   _check_rows("take", "x", x, _grouping(inc, side)[3], f"one per {side} row")
-  return x[_index(inc, side)]
+  return _rows(x, _index(inc, side))
 
 
 take.defvjp(lambda x, inc, side: (take(x, inc, side), inc),
@@ -197,7 +204,7 @@ def segment_sum(x: Array, inc: Incidence, side: str = "out") -> Array:
 
 
 segment_sum.defvjp(lambda x, inc, side: (segment_sum(x, inc, side), inc),
-                   lambda side, inc, g: (g[_index(inc, side)], None))
+                   lambda side, inc, g: (_rows(g, _index(inc, side)), None))
 
 
 def segment_max(x: Array, inc: Incidence, side: str = "out") -> Array:
@@ -212,15 +219,15 @@ def segment_softmax(scores: Array, inc: Incidence) -> Array:
   _check_rows("segment_softmax", "scores", scores, inc.out_index.shape[0], "one per entry")
   m = jax.lax.stop_gradient(segment_max(scores, inc))  # [n_out, ...]
   m = jnp.where(jnp.isfinite(m), m, 0.0)
-  e = jnp.exp(scores - m[inc.out_index])  # [L, ...]
+  e = jnp.exp(scores - _rows(m, inc.out_index))  # [L, ...]
   total = _reduce(e, inc, "out", "add")  # [n_out, ...]
-  return e / total[inc.out_index]
+  return e / _rows(total, inc.out_index)
 
 
 def _softmax_bwd(res, g):
   alpha, inc = res
   dot = _reduce(alpha * g, inc, "out", "add")  # [n_out, ...]
-  return alpha * (g - dot[inc.out_index]), None
+  return alpha * (g - _rows(dot, inc.out_index)), None
 
 
 def _softmax_fwd(scores, inc):
@@ -251,7 +258,7 @@ def gather_sum(table: Array, weights: Array, inc: Incidence) -> Array:
 def _gather_sum_bwd(res, g):
   table, weights, inc = res
   d_table = _gather_sum(g, weights, inc, "in")  # [n_in, *T]
-  prod = g[inc.out_index] * table[inc.in_index]  # [L, *T]
+  prod = _rows(g, inc.out_index) * _rows(table, inc.in_index)  # [L, *T]
   prod = prod.reshape(prod.shape[:weights.ndim] + (-1,))  # [L, *W, K]
   d_w = jnp.sum(prod, axis=-1)  # [L, *W]
   return d_table, d_w.astype(weights.dtype), None
