@@ -267,7 +267,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 def _save_attention(prog: steps.Programs, params: Any, rest: Any, task: Any, data: _Data,
                     workdir: pathlib.Path) -> None:
   """Attention weights of the first val example of seed 0 -> attention.npz (if the model sows them)."""
-  one = jax.tree.map(lambda x: x[0], (params, rest))
+  one = jax.jit(lambda t: jax.tree.map(lambda x: x[0], t))((params, rest))  # one compile, not one per leaf
   batch = {k: np.asarray(v)[0] for k, v in data.eval["val"].items()}
   if not data.eval_shared:
     batch = {k: v[0] for k, v in batch.items()}

@@ -39,10 +39,16 @@ def attention_maps(model: nnx.Module, batch: dict[str, Any], *, example: int = 0
   """
   if getattr(model, "family", None) != "node_classifier":
     batch = {k: np.asarray(v)[example:example + 1] for k, v in batch.items()}
-  with sowing():
-    _, sown = nnx.capture(lambda m: m(batch, train=False), nnx.Intermediate)(model)
+  graphdef, state = nnx.split(model)
+
+  @jax.jit  # one compiled program, not one small compile per eager op (~3 s per run of a sweep)
+  def sown_weights(state, batch):
+    with sowing():
+      _, sown = nnx.capture(lambda m: m(batch, train=False), nnx.Intermediate)(nnx.merge(graphdef, state))
+    return nnx.to_pure_dict(sown)
+
   calls: dict[str, list] = {}
-  for path, leaf in jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(sown))[0]:
+  for path, leaf in jax.tree_util.tree_flatten_with_path(sown_weights(state, batch))[0]:
     keys = [str(getattr(p, "key", getattr(p, "idx", p))) for p in path]
     cut = keys.index(_WEIGHTS)  # [..layer path.., attention_weights, call index, (edges|alpha)]
     name = "/".join(keys[:cut] + keys[cut + 2:])
