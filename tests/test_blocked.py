@@ -129,7 +129,8 @@ def test_blocked_per_head_params_bias_and_block_shapes(data):
 
 
 def test_default_block_follows_the_pairwise_intermediate():
-  """(1024, 512) pairs for dot-product scores; (256, 128) when pairwise forms [Bq, Bk, A=64]."""
+  """(1024, 512) pairs for dot-product scores; (256, 128) when pairwise forms [Bq, Bk, A=64]; one
+  key block when the keys fit in a query block."""
   from attnlab.kernels import blocked, scores  # noqa: PLC0415
   for name, expected in [("scaled_dot", (1024, 512)), ("general", (1024, 512)), ("additive", (256, 128)),
                          ("concat", (256, 128))]:
@@ -139,6 +140,14 @@ def test_default_block_follows_the_pairwise_intermediate():
   assert blocked.default_block(scores.get_score(CUSTOM).pairwise, p, 16, jnp.float32) == (512, 256)
   p = kernels.init_params(CUSTOM, jax.random.key(0), 256)  # 256 per pair -> 8192 pairs
   assert blocked.default_block(scores.get_score(CUSTOM).pairwise, p, 256, jnp.float32) == (128, 64)
+  dot, add = scores.get_score("scaled_dot").pairwise, scores.get_score("additive").pairwise
+  p = kernels.init_params("additive", jax.random.key(0), 64)
+  # keys no longer than a query block: one key block; longer: the usual (2b, b)
+  assert blocked.default_block(dot, None, 64, jnp.float32, lk=1024) == (1024, 1024)
+  assert blocked.default_block(dot, None, 64, jnp.float32, lk=700) == (1024, 700)
+  assert blocked.default_block(dot, None, 64, jnp.float32, lk=1025) == (1024, 512)
+  assert blocked.default_block(add, p, 64, jnp.float32, lk=256) == (256, 256)
+  assert blocked.default_block(add, p, 64, jnp.float32, lk=300) == (256, 128)
 
 
 def test_auto_is_dense_for_short_and_non_online(data):

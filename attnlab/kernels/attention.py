@@ -199,7 +199,8 @@ def attention(query: Array, key: Array, value: Array, *, score: str = "scaled_do
       ValueError where it does not apply (sparsemax/entmax15, hard/hard_st, return_weights);
       "auto" then uses dense.
     block_size: (block_q, block_k) or one int for the blocked path; default
-      ``blocked.default_block`` ((1024, 512) for dot-product scores, (256, 128) for additive).
+      ``blocked.default_block`` ((1024, 512) for dot-product scores, (256, 128) for additive; one
+      key block when Lk is at most the query block).
 
   Returns:
     output [B, Lq, H, Dv]; ``(output, weights)`` with return_weights; ``(output, [weights,] aux)``
