@@ -137,18 +137,22 @@ def _grouping(inc: Incidence, side: str):
           else (inc.in_slot, inc.in_row, inc.in_owner, inc.num_in))
 
 
-def _chunked(term, combine, slot, owner, n, scatter):
-  """combine_p term(chunk rows, p) over the slots; overflow chunks scattered into their owners."""
-  def total(rows):
-    return functools.reduce(combine, [term(rows, p) for p in range(slot.shape[1])])
-  head, tail = total(slice(0, n)), total(slice(n, None))  # [n, ...], [C - n, ...]
-  return scatter(head.at[owner], tail)  # owner >= 0: see _rows
-
-
 def _rows(x: Array, index: Array) -> Array:
   """x[index] without jnp's wrap of negative indices (an incidence's ids are checked >= 0 when it
   is built): the same gather with three fewer ops per index array to trace and run."""
   return jnp.asarray(x).at[index].get(wrap_negative_indices=False)
+
+
+_COMBINE = {"add": jnp.add, "max": jnp.maximum}
+
+
+def _chunked(term, op, slot, owner, n):
+  """op ("add" | "max") of term(chunk rows, p) over the slots; overflow chunks scattered into their
+  owners (ids >= 0, as in _rows)."""
+  def total(rows):
+    return functools.reduce(_COMBINE[op], [term(rows, p) for p in range(slot.shape[1])])
+  head, tail = total(slice(0, n)), total(slice(n, None))  # [n, ...], [C - n, ...]
+  return getattr(head.at[owner], op)(tail, wrap_negative_indices=False)
 
 
 def _pad(x: Array, fill: float) -> Array:
@@ -162,17 +166,14 @@ def _expand(w: Array, ndim: int) -> Array:
 def _reduce(x: Array, inc: Incidence, side: str, op: str) -> Array:
   slot, _, owner, n = _grouping(inc, side)
   xp = _pad(x, 0.0 if op == "add" else -jnp.inf)
-  combine = jnp.add if op == "add" else jnp.maximum
-  scatter = ((lambda at, t: at.add(t, wrap_negative_indices=False)) if op == "add"
-             else (lambda at, t: at.max(t, wrap_negative_indices=False)))
-  return _chunked(lambda rows, p: _rows(xp, slot[rows, p]), combine, slot, owner, n, scatter)
+  return _chunked(lambda rows, p: _rows(xp, slot[rows, p]), op, slot, owner, n)
 
 
 def _gather_sum(table: Array, w: Array, inc: Incidence, side: str) -> Array:
   slot, row, owner, n = _grouping(inc, side)
   wp = _pad(w, 0.0)
   term = lambda rows, p: _rows(table, row[rows, p]) * _expand(_rows(wp, slot[rows, p]), table.ndim)
-  return _chunked(term, jnp.add, slot, owner, n, lambda at, t: at.add(t, wrap_negative_indices=False))
+  return _chunked(term, "add", slot, owner, n)
 
 
 def _index(inc: Incidence, side: str) -> Array:
