@@ -16,3 +16,5 @@ if jax.default_backend() != "cpu":
   jax.config.update("jax_default_matmul_precision", "highest")
 
 SHARED_DATA = pathlib.Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+# For tests whose jitted programs run a few times at tiny shapes: XLA's compile time dominates them.
+FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}

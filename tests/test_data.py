@@ -17,7 +17,7 @@ from flax import nnx
 from attnlab import kernels, losses, registry
 from attnlab.data import UnsafePickleError, computation_subgraph, load_planetoid, safe_pickle
 from attnlab.data.base import epoch_indices
-from tests.conftest import SHARED_DATA
+from tests.conftest import FAST_COMPILE, SHARED_DATA
 
 PLANETOID = SHARED_DATA / "planetoid"
 SHAKESPEARE = SHARED_DATA / "tinyshakespeare" / "input.txt"
@@ -491,7 +491,7 @@ def test_planetoid_subgraph_batches_give_the_whole_graph_outputs():
                                       value_dropout=0.6)
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
-  @jax.jit
+  @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
   def logits_and_grads(params, batch):
     def loss(params):
       m = nnx.merge(graphdef, params, rest, copy=True)

@@ -12,6 +12,7 @@ from flax import nnx
 
 from attnlab import kernels, losses, registry
 from attnlab.models import attention_maps
+from tests.conftest import FAST_COMPILE
 
 # ------------------------------------------------------------------------------- tiny tasks ---
 
@@ -61,9 +62,8 @@ TASKS = {  # family, spec, batch
 }
 TASKS["tokens"][2]["inputs"][:3, -1] = 0  # some PAD
 
-# Tiny programs: XLA's cheap optimisation level compiles several times faster (the file is
-# compile-bound).
-FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+# Tiny programs: XLA's cheap optimisation level (FAST_COMPILE) compiles several times faster
+# (the file is compile-bound).
 TINY = {"d_model": 16, "num_heads": 2, "num_layers": 1, "mlp_dim": 32}
 # (model, task, options, steps, learning rate): every category each model supports.
 CASES = {
