@@ -150,6 +150,26 @@ def test_default_block_follows_the_pairwise_intermediate():
   assert blocked.default_block(add, p, 64, jnp.float32, lk=300) == (256, 128)
 
 
+def test_default_blocks_one_key_block_match_dense(data):
+  """Default blocks at short lengths: one key block of all Lk = 45 keys (not a multiple of 8), no
+  online rescaling; with a mask (and its empty row), causal and GQA, outputs and gradients = dense."""
+  q, k, v, mask, _, cot = data
+
+  @jax.jit
+  def out_and_grads(q, k, v):
+    results = []
+    for impl in ("blocked", "dense"):
+      fn = lambda q, k, v: kernels.attention(q, k, v, mask=mask, causal=True, impl=impl)
+      out, vjp = jax.vjp(fn, q, k, v)
+      results.append((out, vjp(cot)))
+    return results
+
+  (ob, gb), (od, gd) = out_and_grads(q, k, v)
+  np.testing.assert_allclose(ob, od, atol=2e-5, rtol=1e-4)
+  _assert_close(gb, gd, atol=1e-4, rtol=1e-3)
+  np.testing.assert_array_equal(np.asarray(ob)[1, 5, 2], 0.0)  # the empty row stays zero
+
+
 def test_auto_is_dense_for_short_and_non_online(data):
   q, k, v, mask, _, _ = data
   for normalizer in ["softmax", "sparsemax", "entmax15"]:

@@ -183,7 +183,8 @@ def graph_attention(h: Array, edges: Array, *, score: str = "additive", params: 
     edges), and α [E, H] with return_weights.
   """
   n = h.shape[0]
-  if isinstance(edges, segments.Incidence):
+  fixed = isinstance(edges, segments.Incidence)  # the fast path (checked before any gather)
+  if fixed:
     if edge_mask is not None:
       raise ValueError("graph_attention: edge_mask is not supported with an edge_incidence (build "
                        "the incidence from the edges to keep)")
@@ -193,7 +194,7 @@ def graph_attention(h: Array, edges: Array, *, score: str = "additive", params: 
   scores = edge_scores(h, edges, score=score, params=params, negative_slope=negative_slope)
   v = h if values is None else values  # [N, H, Fv]
   drop = dropout_rate != 0 and rng is not None
-  if isinstance(edges, segments.Incidence):
+  if fixed:
     alpha = segments.segment_softmax(scores, edges)  # [E, H]
     dropped = dropout_weights(alpha, rng, dropout_rate, once=True) if drop else alpha
     out = segments.gather_sum(v, dropped, edges)  # [N, H, Fv]
