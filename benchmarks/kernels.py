@@ -9,8 +9,8 @@ shared: a change of load then hits every method alike, and the ratios stay compa
 convention). Memory ("mem MB"): for JAX, the compiled program's arguments + outputs + temporaries
 (``memory_analysis``), i.e. the peak it allocates; for torch, "-" (not measured in-process). The
 ``--targets`` check runs each target config in a fresh subprocess and reports its peak RSS
-(ru_maxrss, includes the Python/JAX runtime). Methods whose N×N (or N×N×A) tensors would
-exceed ``--max-dense-gb`` are skipped and marked "skip".
+(the child's VmHWM on Linux, else ru_maxrss; includes the Python/JAX runtime). Methods whose
+N×N (or N×N×A) tensors would exceed ``--max-dense-gb`` are skipped and marked "skip".
 """
 
 from __future__ import annotations
@@ -170,7 +170,12 @@ p = kernels.init_params(score, jax.random.key(1), 64)
 f = lambda q, k, v: jnp.sum(kernels.attention(q, k, v, score=score, params=p) * q)
 g = jax.jit(jax.grad(f, argnums=(0, 1, 2)))
 t = time.perf_counter(); jax.block_until_ready(g(q, k, v)); t = time.perf_counter() - t
-print(t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
+try:  # Linux keeps ru_maxrss across exec: it would report the parent's peak (the big N rows)
+  with open("/proc/self/status") as fh:
+    kb = next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:"))
+except OSError:
+  kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(t, kb / 2**20)
 """
 
 
