@@ -4,28 +4,46 @@
     attnlab sweep [--config=configs/sweeps/NAME.py] --workdir=DIR [--shard=i/n] [--noprogress]
     (train/sweep on several hosts: the same command on every host with --distributed)
     attnlab report DIR [--metric=accuracy] [--split=test] [--noplots]
+    attnlab download planetoid NAME [NAME ...] [--allow_unverified]
     attnlab list
 
 ``sweep`` without ``--config`` runs ``configs/sweeps/categories.py``. Config paths are taken as
 given, else relative to the repository (so ``configs/...`` works from any directory with an
-editable install).
+editable install). Output is plain messages; ``--verbosity=0`` (or higher) brings back absl's
+prefixes and the libraries' start-up logs.
 """
 
 from __future__ import annotations
 
+import logging as std_logging
 import os
 import re
 import sys
+import textwrap
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-COMMANDS = ("train", "sweep", "report", "list")
-_USAGE = ("usage: attnlab {train,sweep,report,list} [flags]\n"
-          "  attnlab train --config=configs/TASK.py --workdir=DIR [--config.a.b=value]\n"
-          "  attnlab sweep [--config=configs/sweeps/NAME.py] --workdir=DIR [--shard=i/n]\n"
-          "  attnlab report DIR [--metric=accuracy] [--split=test] [--noplots]\n"
-          "  attnlab list")
+# command -> (usage, what it does, its flags)
+_COMMANDS = {
+    "train": ("attnlab train --config=configs/TASK.py[:arg] --workdir=DIR [--config.KEY=VALUE ...]",
+              "Trains one config (its seeds vmapped together); resumes from DIR's checkpoints.",
+              ("config", "workdir", "distributed", "verbosity")),
+    "sweep": ("attnlab sweep [--config=configs/sweeps/NAME.py] --workdir=DIR [--shard=i/n]",
+              "Runs every (run, seed) of a sweep not yet in DIR/results.jsonl, then writes the report "
+              "(default sweep: configs/sweeps/categories.py).",
+              ("config", "workdir", "shard", "progress", "plots", "distributed", "verbosity")),
+    "report": ("attnlab report DIR [--metric=accuracy] [--split=test] [--noplots]",
+               "Writes DIR/report.md (mean ± 95% CI over seeds) and DIR/plots/ from DIR/results.jsonl.",
+               ("metric", "split", "plots")),
+    "download": ("attnlab download planetoid NAME [NAME ...] [--allow_unverified]",
+                 "Fetches Planetoid datasets (cora, citeseer, pubmed) into $ATTNLAB_DATA_DIR/planetoid "
+                 "(default ~/.cache/attnlab), each file checked against its sha256.",
+                 ("allow_unverified", "base_url")),
+    "list": ("attnlab list", "Prints every registered member of every kind.", ()),
+}
+COMMANDS = tuple(_COMMANDS)
+_USAGE = "usage:\n" + "\n".join(f"  {usage}" for usage, _, _ in _COMMANDS.values())
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:arg]).",
                                           lock_config=True)
@@ -37,6 +55,10 @@ _SPLIT = flags.DEFINE_string("split", "test", "report: the split compared (val o
 _PLOTS = flags.DEFINE_bool("plots", True, "report (and sweep's final report): write plots.")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "train/sweep: call jax.distributed.initialize() "
                                  "first (multi-host: run the same command on every host).")
+_ALLOW_UNVERIFIED = flags.DEFINE_bool("allow_unverified", False, "download: accept files that have no "
+                                      "known sha256 in attnlab (ind.pubmed.allx) unchecked.")
+_BASE_URL = flags.DEFINE_string("base_url", None, "download: fetch from this mirror of the Planetoid "
+                                "data/ directory instead of the Planetoid authors' repository.")
 
 
 class UsageError(ValueError):
@@ -59,6 +81,8 @@ def main(argv: list[str]) -> None:
   command, rest = args[0], args[1:]
   if command == "list":
     print(_list())
+  elif command == "download":
+    _download(rest)
   elif command == "report":
     if len(rest) != 1:
       raise UsageError(f"report takes one directory, got {rest}\n{_USAGE}")
@@ -83,6 +107,57 @@ def main(argv: list[str]) -> None:
         print(f"{split}: " + ", ".join(f"{m} {v['mean']:.4f} ± {v['std']:.4f}" for m, v in per.items()))
     else:
       _sweep()
+
+
+def _download(rest: list[str]) -> None:
+  from attnlab.data import download  # pylint: disable=g-import-not-at-top
+  if not rest or rest[0] != "planetoid" or len(rest) < 2:
+    raise UsageError(f"download takes 'planetoid' and one or more of {', '.join(download.DATASETS)}, "
+                     f"got {rest}\nusage: {_COMMANDS['download'][0]}")
+  for name in rest[1:]:
+    if name not in download.DATASETS:
+      raise UsageError(f"download planetoid: unknown dataset {name!r}; valid: {', '.join(download.DATASETS)}")
+  for name in rest[1:]:
+    download.download_planetoid(name, allow_unverified=_ALLOW_UNVERIFIED.value,
+                                base_url=_BASE_URL.value or download.PLANETOID_URL)
+
+
+def _help(argv: list[str]) -> str | None:
+  """Our usage for ``attnlab [COMMAND] --help`` (absl's own would list every library's flags)."""
+  if not any(a in ("--help", "-h", "--helpshort", "-?", "help") for a in argv[1:]):
+    return None
+  command = next((a for a in argv[1:] if a in _COMMANDS), None)
+  if command is None:
+    width = max(map(len, _COMMANDS))
+    lines = [f"usage: attnlab {{{','.join(_COMMANDS)}}} [flags]", "", "commands:"]
+    lines += [textwrap.fill(what, 100, initial_indent=f"  {c:<{width}}  ", subsequent_indent=" " * (width + 4))
+              for c, (_, what, _) in _COMMANDS.items()]
+    lines += ["", "`attnlab COMMAND --help` lists a command's flags; --helpfull lists every absl flag."]
+    return "\n".join(lines)
+  usage, what, names = _COMMANDS[command]
+  lines = [f"usage: {usage}", "", textwrap.fill(what, 100)]
+  if names:
+    lines += ["", "flags:"]
+    for name in names:
+      flag = flags.FLAGS[name]
+      text = _VERBOSITY_HELP if name == "verbosity" else flag.help
+      default = f" (default: {flag.default_as_str})" if flag.default is not None and name != "verbosity" else ""
+      lines.append(textwrap.fill(f"--{name}: {text}{default}", 100, initial_indent="  ",
+                                 subsequent_indent="      "))
+  return "\n".join(lines)
+
+
+_VERBOSITY_HELP = ("absl log level; when given (0 = info, 1 = debug), log lines keep absl's prefixes and "
+                   "the libraries' start-up messages are shown too.")
+
+
+def _quiet_logs() -> None:
+  """Plain log lines and no library start-up noise, unless ``--verbosity`` was given."""
+  if flags.FLAGS["verbosity"].present:
+    return
+  logging.get_absl_handler().setFormatter(std_logging.Formatter("%(message)s"))
+  for name in ("jax", "orbax", "absl.flags"):
+    std_logging.getLogger(name).setLevel(std_logging.WARNING)
 
 
 def _sweep() -> None:
@@ -134,6 +209,10 @@ def _bad_override(argv: list[str]) -> str | None:
 
 
 def _parse(argv: list[str]) -> list[str]:
+  text = _help(argv)
+  if text is not None:
+    print(text)
+    sys.exit(0)
   try:
     argv = _resolve_config_args(argv)
     return flags.FLAGS(argv)
@@ -154,6 +233,7 @@ def _die(message: str) -> None:
 
 
 def _main(argv: list[str]) -> None:
+  _quiet_logs()
   try:
     main(argv)
   except (UsageError, ValueError, TypeError, FileNotFoundError) as e:

@@ -1,6 +1,6 @@
 """Cost of one GAT-on-Cora epoch (the runner's compiled train step + validation), 1 vs S seeds.
 
-    python benchmarks/cora_epoch.py --data_dir ../shared/data/planetoid --seeds 1,10 --repeats 10
+    python benchmarks/cora_epoch.py --seeds 1,10 --repeats 10
 
 Builds exactly the programs ``attnlab train --config=configs/cora_gat.py`` runs (steps.build on the
 config's task, model and optimiser; seeds vmapped) and times ``train_chunk`` (one optimiser step)
@@ -100,7 +100,8 @@ def _profile(fn, where: str, top: int = 15):
 
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  ap.add_argument("--data_dir", required=True, help="directory of the Planetoid ind.cora.* files")
+  ap.add_argument("--data_dir", default=None, help="directory of the Planetoid ind.cora.* files "
+                  "(default: attnlab.data.paths, i.e. the copy shipped with attnlab)")
   ap.add_argument("--seeds", default="1,10")
   ap.add_argument("--repeats", type=int, default=10)
   ap.add_argument("--profile", default="", help="write a profiler trace here and print top ops")

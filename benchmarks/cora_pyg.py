@@ -1,14 +1,14 @@
 """PyTorch Geometric's GATConv on Cora with GAT's recipe, for side-by-side timing with attnlab.
 
     pip install torch torch_geometric   # not attnlab dependencies; for this comparison only
-    python benchmarks/cora_pyg.py --data_dir ../shared/data/planetoid --seeds 0,1,2
+    python benchmarks/cora_pyg.py --seeds 0,1,2
 
 One seed at a time (as PyG users run it): 2 GATConv layers (8 heads x 8 hidden, concat; 1 output
 head), ELU, dropout 0.6 on each layer's input and on the attention coefficients, Adam lr 0.005 with
 weight decay 5e-4, row-normalised features, and the early-stopping rule of configs/cora_gat.py
 (patience 100 on val loss and accuracy; the state kept is the last at which both were at their
 best). GATConv has no dropout on the projected values (attnlab's ``value_dropout``). The Planetoid
-files are read from ``--data_dir`` through symlinks in a temporary directory (PyG writes its
+files are read from ``--data_dir`` (default: the Cora copy shipped with attnlab) through symlinks in a temporary directory (PyG writes its
 processed copy there). Prints, per seed: epochs run, kept epoch, test accuracy, wall time.
 """
 
@@ -21,7 +21,9 @@ import pathlib
 import tempfile
 import time
 
-FILES = ("x", "y", "tx", "ty", "allx", "ally", "graph", "test.index")
+from attnlab.data import paths
+
+FILES = paths.PLANETOID_PARTS
 
 
 def run_seed(data, num_features, num_classes, seed):
@@ -82,7 +84,8 @@ def _seeds(text: str) -> list[int]:
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__,
                                formatter_class=argparse.RawDescriptionHelpFormatter)
-  ap.add_argument("--data_dir", required=True, help="directory of the Planetoid ind.cora.* files")
+  ap.add_argument("--data_dir", default=None, help="directory of the Planetoid ind.cora.* files "
+                  "(default: attnlab.data.paths, i.e. the copy shipped with attnlab)")
   ap.add_argument("--seeds", default="0", type=_seeds, help="comma-separated integers, e.g. 0,1,2")
   ap.add_argument("--threads", type=int, default=os.cpu_count())
   args = ap.parse_args(argv)
@@ -93,7 +96,7 @@ def main(argv=None):
   except ImportError as e:
     raise SystemExit(f"cora_pyg.py needs torch and torch_geometric ({e}); "
                      "pip install torch torch_geometric") from None
-  src = pathlib.Path(args.data_dir).resolve()
+  src = pathlib.Path(args.data_dir or paths.planetoid_dir("cora")).resolve()
   missing = [f"ind.cora.{f}" for f in FILES if not (src / f"ind.cora.{f}").exists()]
   if missing:
     raise SystemExit(f"--data_dir {str(src)!r} lacks {', '.join(missing)}")

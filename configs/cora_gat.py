@@ -1,14 +1,14 @@
 """GAT on the Planetoid citation graphs: the paper's recipe (Veličković et al. 2018, Table 3: Cora 83.0 ± 0.7 %).
 
-    attnlab train --config=configs/cora_gat.py --config.data_dir=DIR --workdir=runs/cora_gat
-    attnlab train --config=configs/cora_gat.py --config.data_dir=DIR --config.dataset=citeseer \
-        --workdir=runs/citeseer_gat
+    attnlab train --config=configs/cora_gat.py --workdir=runs/cora_gat
+    attnlab download planetoid citeseer   # once: Cora ships with attnlab, the others download verified
+    attnlab train --config=configs/cora_gat.py:citeseer --workdir=runs/citeseer_gat
 
-``data_dir`` holds the Planetoid files ind.<dataset>.{x,y,tx,ty,allx,ally,graph,test.index}
-(default $ATTNLAB_DATA_DIR/planetoid; ATTNLAB_DATA_DIR defaults to the ``shared/data`` directory
-next to the repository); ``dataset`` is cora, citeseer or pubmed (the string after the ``:``,
-``configs/cora_gat.py:pubmed``, sets it too). PubMed's paper setting differs (8 output heads,
-lr 0.01, L2 1e-3): set those with --config.model.options.output_heads=8 etc.
+``dataset`` is cora, citeseer or pubmed (the string after the ``:``, or ``--config.dataset``).
+``data_dir`` is the directory of the files ind.<dataset>.{x,y,tx,ty,allx,ally,graph,test.index};
+unset, they come from $ATTNLAB_DATA_DIR/planetoid (where ``attnlab download`` puts them), else
+from the copy of Cora shipped with attnlab (attnlab.data.paths). PubMed's paper setting differs
+(8 output heads, lr 0.01, L2 1e-3): set those with --config.model.options.output_heads=8 etc.
 
 The recipe: 2 GraphAttention layers, 8 heads × 8 hidden units concatenated, ELU, output layer
 with 1 head (mean); dropout 0.6 on each layer's input, on the attention coefficients and on the
@@ -25,18 +25,15 @@ best; the test accuracy reported is that of the last epoch at which both were. T
 together in one vmapped program; result.json holds each seed's test accuracy, mean and std.
 """
 
-import os
-import pathlib
+from ml_collections import config_dict
 
-from attnlab.config import REPO_ROOT, base_config
-
-DATA_DIR = pathlib.Path(os.environ.get("ATTNLAB_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
+from attnlab.config import base_config
 
 
 def get_config(arg=None):
   c = base_config()
   c.dataset = arg or "cora"
-  c.data_dir = str(DATA_DIR / "planetoid")
+  c.data_dir = config_dict.placeholder(str)  # None: attnlab.data.paths decides
   c.task.name = "planetoid"
   c.task.knobs = {"dataset": c.get_ref("dataset"), "data_dir": c.get_ref("data_dir"),
                   "normalize_features": True, "sparse_features": True, "subgraph_hops": 2}

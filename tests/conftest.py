@@ -2,6 +2,7 @@
 
 import os
 import pathlib
+import tempfile
 
 import jax
 
@@ -15,6 +16,8 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 if jax.default_backend() != "cpu":
   jax.config.update("jax_default_matmul_precision", "highest")
 
-SHARED_DATA = pathlib.Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+# Datasets come from the copies shipped with attnlab, never from the user's data directory
+# (~/.cache/attnlab or $ATTNLAB_DATA_DIR): an empty one for this session and its subprocesses.
+os.environ["ATTNLAB_DATA_DIR"] = tempfile.mkdtemp(prefix="attnlab_test_data_")
 # For tests whose jitted programs run a few times at tiny shapes: XLA's compile time dominates them.
 FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}

@@ -15,13 +15,12 @@ import pytest
 from flax import nnx
 
 from attnlab import kernels, losses, registry
-from attnlab.data import UnsafePickleError, computation_subgraph, load_planetoid, safe_pickle
+from attnlab.data import UnsafePickleError, computation_subgraph, load_planetoid, paths, safe_pickle
 from attnlab.data.base import epoch_indices
-from tests.conftest import FAST_COMPILE, SHARED_DATA
+from tests.conftest import FAST_COMPILE
 
-PLANETOID = SHARED_DATA / "planetoid"
-SHAKESPEARE = SHARED_DATA / "tinyshakespeare" / "input.txt"
-REQUIRED = {"planetoid": {"data_dir": str(PLANETOID)}, "shakespeare": {"path": str(SHAKESPEARE)}}
+PLANETOID = paths.BUNDLED / "planetoid"
+SHAKESPEARE = paths.BUNDLED / "tinyshakespeare" / "input.txt"
 BUILTIN = ("assoc_recall", "copy", "reverse", "sort", "selective_copy", "listops", "digits", "karate",
            "planetoid", "shakespeare")
 CORA_PARTS = ("x", "y", "tx", "ty", "allx", "ally", "graph", "test.index")
@@ -29,7 +28,7 @@ CORA_PARTS = ("x", "y", "tx", "ty", "allx", "ally", "graph", "test.index")
 
 @functools.cache
 def task(name, **knobs):
-  return registry.get("task", name)(**{**REQUIRED.get(name, {}), **knobs})
+  return registry.get("task", name)(**knobs)
 
 
 def rows(name, n=64, **knobs):
@@ -366,13 +365,12 @@ def test_missing_file_dir_and_bad_index_named(cora_copy, tmp_path_factory):
 ])
 def test_bad_knobs_name_the_knob(name, knobs, error, match):
   with pytest.raises(error, match=match):
-    registry.get("task", name)(**{**REQUIRED.get(name, {}), **knobs})
+    registry.get("task", name)(**knobs)
 
 
-@pytest.mark.parametrize("name, knob", [("planetoid", "data_dir"), ("shakespeare", "path")])
-def test_required_knobs(name, knob):
-  with pytest.raises(ValueError, match=f"knob {knob} is required"):
-    registry.get("task", name)()
+def test_missing_planetoid_dataset_names_the_download_command():
+  with pytest.raises(FileNotFoundError, match=r"ind\.citeseer\.\*.*`attnlab download planetoid citeseer`"):
+    registry.get("task", "planetoid")(dataset="citeseer")
 
 
 def test_text_too_short_for_seq_len(tmp_path):
@@ -426,9 +424,8 @@ def test_citeseer_isolated_test_nodes_are_padded(tmp_path):
 
 
 def test_planetoid_sparse_features_hold_the_dense_features():
-  dense = registry.get("task", "planetoid")(dataset="cora", data_dir=str(PLANETOID))
-  sparse = registry.get("task", "planetoid")(dataset="cora", data_dir=str(PLANETOID),
-                                             sparse_features=True)
+  dense = registry.get("task", "planetoid")(dataset="cora")
+  sparse = registry.get("task", "planetoid")(dataset="cora", sparse_features=True)
   d, s = dense.batch("train", 0, 1), sparse.batch("train", 0, 1)
   assert set(s) - set(d) == {"feature_index", "feature_values"} | {
       f"feature_lists/{k}" for k in kernels.Incidence._fields}

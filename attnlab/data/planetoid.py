@@ -1,8 +1,10 @@
 """Planetoid citation graphs (Cora, Citeseer, Pubmed; Yang et al. 2016) with the standard split.
 
 Reads the eight files ``ind.NAME.{x,y,tx,ty,allx,ally,graph,test.index}`` from a directory the user
-gives (nothing is downloaded or cached), through the restricted unpickler of ``safe_pickle`` (the
-files are pickles from outside), and assembles the graph exactly as Kipf & Welling's ``load_data``:
+gives, else from ``paths.planetoid_dir`` (the data directory, then the Cora copy shipped with
+attnlab; ``attnlab download planetoid NAME`` fetches the others), through the restricted unpickler of
+``safe_pickle`` (the files are pickles from outside), and assembles the graph exactly as Kipf &
+Welling's ``load_data``:
 
 * nodes = ``allx`` rows (train + unlabelled) followed by the test rows ``tx``; the test rows are then
   moved to the node ids listed in ``test.index``;
@@ -22,12 +24,12 @@ import pathlib
 
 import numpy as np
 
-from attnlab.data import safe_pickle
-from attnlab.data.base import check_choice, knob_error, register_task
+from attnlab.data import paths, safe_pickle
+from attnlab.data.base import check_choice, register_task
 from attnlab.data.graph import Graph, GraphTask, row_normalize, undirected_edges
 
 DATASETS = ("cora", "citeseer", "pubmed")
-PARTS = ("x", "y", "tx", "ty", "allx", "ally", "graph")
+PARTS = paths.PLANETOID_PARTS[:-1]  # the pickles (test.index is text)
 NUM_VAL = 500
 
 
@@ -64,8 +66,10 @@ def _test_index(path: pathlib.Path) -> np.ndarray:
   return index
 
 
-def load_planetoid(name: str, directory: str | os.PathLike, *, normalize_features: bool = False) -> Graph:
-  """Loads Planetoid dataset ``name`` ('cora', 'citeseer' or 'pubmed') from ``directory``.
+def load_planetoid(name: str, directory: str | os.PathLike | None = None, *,
+                   normalize_features: bool = False) -> Graph:
+  """Loads Planetoid dataset ``name`` ('cora', 'citeseer' or 'pubmed') from ``directory`` (default:
+  ``paths.planetoid_dir(name)``).
 
   Returns:
     A ``Graph``: features float32 [N, F] (raw, or rows summing to 1 with ``normalize_features``),
@@ -75,23 +79,24 @@ def load_planetoid(name: str, directory: str | os.PathLike, *, normalize_feature
   Raises:
     ValueError: unknown name, ``directory`` not a directory, a file that is truncated, inconsistent
       or not a data file (a refused global: ``safe_pickle.UnsafePickleError``).
-    FileNotFoundError: one of the eight files is missing (the message names it).
+    FileNotFoundError: one of the eight files is missing (the message names it and, with no
+      ``directory``, the download command).
   """
   if name not in DATASETS:
     raise ValueError(f"load_planetoid: unknown dataset name {name!r}; valid names: {', '.join(DATASETS)}")
-  directory = pathlib.Path(directory)
+  directory = paths.planetoid_dir(name) if directory is None else pathlib.Path(directory)
   if not directory.is_dir():
     raise ValueError(f"planetoid: data directory {str(directory)!r} does not exist or is not a directory; "
                      f"expected the Planetoid files ind.{name}.{{{','.join(PARTS)},test.index}}")
-  paths = {part: _file(directory, name, part) for part in PARTS + ("test.index",)}
-  loaded = {part: safe_pickle.load(paths[part]) for part in PARTS}
-  x, tx, allx = (_dense(loaded[p], paths[p], one_hot=False) for p in ("x", "tx", "allx"))
-  y, ty, ally = (_dense(loaded[p], paths[p], one_hot=True) for p in ("y", "ty", "ally"))
+  files = {part: _file(directory, name, part) for part in PARTS + ("test.index",)}
+  loaded = {part: safe_pickle.load(files[part]) for part in PARTS}
+  x, tx, allx = (_dense(loaded[p], files[p], one_hot=False) for p in ("x", "tx", "allx"))
+  y, ty, ally = (_dense(loaded[p], files[p], one_hot=True) for p in ("y", "ty", "ally"))
   graph = loaded["graph"]
   if not isinstance(graph, dict):
-    raise ValueError(f"planetoid: {str(paths['graph'])!r}: expected a dict node -> neighbour list, "
+    raise ValueError(f"planetoid: {str(files['graph'])!r}: expected a dict node -> neighbour list, "
                      f"got {type(graph).__name__}")
-  test_reorder = _test_index(paths["test.index"])
+  test_reorder = _test_index(files["test.index"])
   test_range = np.sort(test_reorder)
 
   def fail(what: str) -> ValueError:
@@ -124,7 +129,7 @@ def load_planetoid(name: str, directory: str | os.PathLike, *, normalize_feature
     pairs = [(int(u), int(v)) for u, neighbours in graph.items() for v in neighbours]
     edges = undirected_edges(np.array(pairs, np.int64).reshape(-1, 2), n)
   except (TypeError, ValueError) as e:
-    raise ValueError(f"planetoid: {str(paths['graph'])!r}: bad adjacency lists ({e})") from None
+    raise ValueError(f"planetoid: {str(files['graph'])!r}: bad adjacency lists ({e})") from None
   if normalize_features:
     features = row_normalize(features)
   return Graph(features=features.astype(np.float32), labels=onehot.argmax(1).astype(np.int32), edges=edges,
@@ -137,14 +142,11 @@ def make_planetoid(*, dataset: str = "cora", data_dir: str | None = None,
                    normalize_features: bool = True, sparse_features: bool = False,
                    subgraph_hops: int = 0) -> GraphTask:
   """Planetoid node classification. Knobs: dataset (cora | citeseer | pubmed), data_dir (the directory
-  of the ind.* files; required), normalize_features (row-normalise, as GAT), sparse_features (batches
+  of the ind.* files; default: the data directory, else the bundled Cora), normalize_features (row-normalise, as GAT), sparse_features (batches
   hold ``feature_index``/``feature_values`` instead of dense ``features``), subgraph_hops (0: every
   batch is the whole graph; k: each split's k-hop computation subgraph, exact for models of at most
   k message-passing layers); see attnlab.data.graph."""
   check_choice("planetoid", "dataset", dataset, DATASETS)
-  if data_dir is None:
-    raise knob_error("planetoid", "data_dir", "is required: the directory holding the Planetoid files "
-                     f"ind.{dataset}.{{{','.join(PARTS)},test.index}}")
   check_choice("planetoid", "normalize_features", normalize_features, (True, False))
   check_choice("planetoid", "sparse_features", sparse_features, (True, False))
   return GraphTask("planetoid", load_planetoid(dataset, data_dir, normalize_features=normalize_features),

@@ -15,6 +15,7 @@ import pathlib
 
 import numpy as np
 
+from attnlab.data import paths
 from attnlab.data.base import FIRST_TOKEN, Task, check_knob, knob_error, register_task, rng_for
 
 TRAIN_FRACTION = 0.9
@@ -48,14 +49,13 @@ class TextTask(Task):
 
 @register_task("shakespeare")
 def make_shakespeare(*, path: str | None = None, seq_len: int = 64, eval_size: int = 256) -> Task:
-  """Char-level LM. Knobs: path (UTF-8 text file; required), seq_len, eval_size (windows in val and
-  in test each)."""
+  """Char-level LM. Knobs: path (a UTF-8 text file; default: the data directory's
+  tinyshakespeare/input.txt, else the bundled copy), seq_len, eval_size (windows in val and in test
+  each)."""
   name = "shakespeare"
   seq_len = check_knob(name, "seq_len", seq_len)
   eval_size = check_knob(name, "eval_size", eval_size)
-  if path is None:
-    raise knob_error(name, "path", "is required: a UTF-8 text file (e.g. tinyshakespeare/input.txt)")
-  file = pathlib.Path(os.fspath(path))
+  file = paths.shakespeare_path() if path is None else pathlib.Path(os.fspath(path))
   if not file.is_file():
     raise FileNotFoundError(f"task {name!r}: text file {str(file)!r} (knob path) does not exist")
   try:

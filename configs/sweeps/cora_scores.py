@@ -1,16 +1,17 @@
 """Graph-attention scores on a real graph: GAT's Cora recipe (configs/cora_gat.py) with one score changed.
 
-    attnlab sweep --config=configs/sweeps/cora_scores.py --workdir=runs/cora_scores \
-        --config.overrides.data_dir=DIR
+    attnlab sweep --config=configs/sweeps/cora_scores.py --workdir=runs/cora_scores
 
 The same two-layer GraphAttention network, dropout, optimiser and early stopping for every run;
 only the edge score changes (attnlab.kernels.graph): additive (GAT), gatv2, dot, scaled_dot,
 general, and uniform (softmax of a constant = the mean over each node's neighbourhood with its self
 loop, GCN-like aggregation without GCN's symmetric normalisation). 10 seeds each, vmapped.
-``--config.overrides.data_dir`` (and ``--config.overrides.dataset``) reach every run's config.
+``--config.overrides.dataset`` (and ``--config.overrides.data_dir=DIR``, the Planetoid files' directory
+when not the default, configs/cora_gat.py) reach every run's config.
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 from attnlab import config as config_lib
 
@@ -22,6 +23,6 @@ def get_config(arg=None):
   c.name = "cora_scores"
   c.seeds = tuple(range(10))
   base = config_lib.load_file("configs/cora_gat.py")
-  c.overrides = {"data_dir": base.data_dir, "dataset": arg or base.dataset}
+  c.overrides = {"data_dir": config_dict.placeholder(str), "dataset": arg or base.dataset}
   c.grids = [{"group": "graph_score", "config": "cora_gat", "axes": {"model.options.score": SCORES}}]
   return c
