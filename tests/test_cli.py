@@ -5,6 +5,7 @@ import json
 import os
 import pathlib
 import platform
+import re
 import signal
 import subprocess
 import sys
@@ -45,6 +46,9 @@ def test_train_writes_result_and_config_paths_resolve_from_anywhere(tmp_path, mo
   result = json.loads((tmp_path / "result.json").read_text())
   assert result["seeds"] == [0, 1, 2] and len(result["metrics"]["test"]["accuracy"]["per_seed"]) == 3
   assert "test: " in out.stdout
+  # plain log lines: no absl "I1201 14:28:38.97 ... train.py:234]" prefixes, no backend start-up noise
+  assert "step 8: val accuracy" in out.stderr and not re.search(r"^[IWE]\d{4} ", out.stderr, re.M)
+  assert "initialize backend" not in out.stderr
   monkeypatch.chdir(tmp_path)
   assert config_lib.resolve_path("configs/sweeps/smoke.py") == SMOKE  # from any cwd
 
@@ -63,9 +67,24 @@ def test_bad_input_gives_a_clear_error(args, message, tmp_path):
   out = attnlab(*args, timeout=120)
   assert out.returncode == 2, (out.stdout, out.stderr[-2000:])
   assert "Traceback" not in out.stderr
-  import re
   assert re.search(message, out.stderr), out.stderr[-2000:]
   assert not (tmp_path / "w" / "result.json").exists()
+
+
+def test_verbosity_brings_back_absl_prefixes(tmp_path):
+  out = attnlab("train", f"--config={TOY}:4", f"--workdir={tmp_path}", "--verbosity=0")
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert re.search(r"^I\d{4} .*step 4: val accuracy", out.stderr, re.M), out.stderr[-2000:]
+
+
+def test_help_lists_the_commands_and_a_commands_main_flags():
+  out = attnlab("--help")
+  assert out.returncode == 0 and out.stdout.startswith("usage: attnlab {train,sweep,report,download,list}")
+  assert all(re.search(rf"^  {c} +\w", out.stdout, re.M) for c in ("train", "sweep", "report", "download", "list"))
+  out = attnlab("train", "--help")
+  assert out.returncode == 0 and out.stdout.startswith("usage: attnlab train --config=")
+  flags_listed = re.findall(r"^  --(\w+):", out.stdout, re.M)
+  assert flags_listed == ["config", "workdir", "distributed", "verbosity"]  # not absl's flag dump
 
 
 def test_sweep_killed_after_first_line_then_resumed(tmp_path):
