@@ -3,18 +3,28 @@
 The tree is saved as its flat list of leaves (PRNG key leaves as their raw key data), so any pytree
 of arrays (nnx.State, optax states, dicts) round-trips without orbax knowing its node types; the
 template (same structure, e.g. the freshly initialised state) gives the structure back.
+
+The two newest checkpoints are kept. Saving a step that exists keeps it (a rerun of a finished
+loop reuses its final checkpoint; orbax never overwrites a step). A newest checkpoint that cannot be
+read is set aside, renamed to ``checkpoints.corrupt-STEP`` beside the directory, and the previous
+one is restored instead (or none), with a warning naming what was set aside.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging as std_logging
 import pathlib
+import shutil
+import sys
 from typing import Any, Iterator
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+
+from attnlab import results
 
 
 @contextlib.contextmanager
@@ -29,8 +39,8 @@ def _quiet() -> Iterator[None]:
 
 
 def _manager(directory: pathlib.Path) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=False,
-                                         create=True)
+  options = ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False,
+                                         create=True, cleanup_tmp_directories=True)
   return ocp.CheckpointManager(directory.resolve(), options=options)
 
 
@@ -45,30 +55,60 @@ def _flatten(tree: Any) -> dict[str, np.ndarray]:
 
 
 def save(directory: pathlib.Path, step: int, tree: Any) -> None:
-  """Saves ``tree`` as checkpoint ``step`` (keeps only the newest)."""
+  """Saves ``tree`` as checkpoint ``step``, unless that step is saved already (then it is kept)."""
+  with _quiet(), results.writing(directory / str(step)):
+    try:
+      with _manager(directory) as manager:
+        if step in manager.all_steps():
+          return
+        manager.save(step, args=ocp.args.StandardSave(_flatten(tree)), force=True)
+        manager.wait_until_finished()
+    except BaseException:
+      _drop_orbax_noise()
+      for tmp in directory.glob("*.orbax-checkpoint-tmp*"):  # nothing half-written stays behind
+        shutil.rmtree(tmp, ignore_errors=True)
+      raise
+
+
+def steps(directory: pathlib.Path) -> list[int]:
+  """The saved steps, oldest first."""
+  if not directory.exists():
+    return []
   with _quiet(), _manager(directory) as manager:
-    manager.save(step, args=ocp.args.StandardSave(_flatten(tree)), force=True)
-    manager.wait_until_finished()
+    return sorted(manager.all_steps())
 
 
 def latest_step(directory: pathlib.Path) -> int | None:
-  if not directory.exists():
-    return None
-  with _quiet(), _manager(directory) as manager:
-    return manager.latest_step()
+  saved = steps(directory)
+  return saved[-1] if saved else None
 
 
 def restore(directory: pathlib.Path, template: Any) -> tuple[int, Any] | None:
-  """The newest checkpoint restored into ``template``'s structure, or None if there is none."""
-  step = latest_step(directory)
-  if step is None:
-    return None
-  with _quiet(), _manager(directory) as manager:
-    flat = manager.restore(step, args=ocp.args.StandardRestore(_flatten(template)))
+  """The newest readable checkpoint restored into ``template``'s structure, or None if none is.
+
+  A checkpoint that orbax cannot read is set aside (module docstring); one of another structure
+  (a different model) is a ValueError.
+  """
+  for step in reversed(steps(directory)):
+    try:
+      with _quiet(), _manager(directory) as manager:
+        flat = manager.restore(step, args=ocp.args.StandardRestore(_flatten(template)))
+    except Exception as e:  # orbax/tensorstore raise many types for damaged files
+      _drop_orbax_noise()
+      aside = _set_aside(directory, step)
+      logging.warning("checkpoint %d of %s is unreadable: set aside as %s, resuming from %s (%s: %s)",
+                      step, directory, aside, "the previous checkpoint" if steps(directory) else "scratch",
+                      type(e).__name__, (str(e).splitlines() or [""])[0][:160])
+      continue
+    return step, _unflatten(directory, flat, template)
+  return None
+
+
+def _unflatten(directory: pathlib.Path, flat: dict[str, Any], template: Any) -> Any:
   leaves, treedef = jax.tree.flatten(template)
   if len(flat) != len(leaves):
     raise ValueError(f"checkpoint in {directory} has {len(flat)} arrays, the run has {len(leaves)}: "
-                     "it belongs to a different model; use a new workdir")
+                     "it belongs to a different model or attnlab version; use a new workdir")
   out = []
   for i, leaf in enumerate(leaves):
     value = np.asarray(flat[f"{i:05d}"])
@@ -78,4 +118,34 @@ def restore(directory: pathlib.Path, template: Any) -> tuple[int, Any] | None:
       raise ValueError(f"checkpoint in {directory}: array {i} has shape {value.shape}, the run "
                        f"expects {leaf.shape}; use a new workdir")
     out.append(value)
-  return step, jax.tree.unflatten(treedef, out)
+  return jax.tree.unflatten(treedef, out)
+
+
+def _set_aside(directory: pathlib.Path, step: int) -> pathlib.Path:
+  """Moves checkpoint ``step`` out of ``directory`` (orbax no longer sees it); returns where to."""
+  target = directory.with_name(f"{directory.name}.corrupt-{step}")
+  n = 1
+  while target.exists():
+    n += 1
+    target = directory.with_name(f"{directory.name}.corrupt-{step}-{n}")
+  (directory / str(step)).rename(target)
+  return target
+
+
+def _drop_orbax_noise() -> None:
+  """After a failed orbax read or write, tensorstore's pending reads end on orbax's closed event
+  loop: "Event loop is closed" tracebacks and "Task exception was never retrieved" log records,
+  after the error itself was handled. This drops those two (everything else still prints)."""
+  previous = sys.unraisablehook
+  if getattr(previous, "attnlab_drops_closed_loops", False):
+    return
+
+  def hook(unraisable: Any) -> None:
+    e = unraisable.exc_value
+    if not (isinstance(e, RuntimeError) and str(e) == "Event loop is closed"):
+      previous(unraisable)
+
+  hook.attnlab_drops_closed_loops = True
+  sys.unraisablehook = hook
+  std_logging.getLogger("asyncio").addFilter(
+      lambda record: not str(record.msg).startswith("Task exception was never retrieved"))

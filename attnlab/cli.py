@@ -15,6 +15,7 @@ prefixes and the libraries' start-up logs.
 
 from __future__ import annotations
 
+import errno
 import logging as std_logging
 import os
 import re
@@ -103,8 +104,7 @@ def main(argv: list[str]) -> None:
       result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
       if not train.is_primary():
         return
-      for split, per in result["metrics"].items():
-        print(f"{split}: " + ", ".join(f"{m} {v['mean']:.4f} ± {v['std']:.4f}" for m, v in per.items()))
+      print(train.format_result(result))
     else:
       _sweep()
 
@@ -173,7 +173,10 @@ def _sweep() -> None:
     return
   print(f"sweep {cfg.name}: {counts['runs']} runs in this shard, {counts['trained']} trained, "
         f"{counts['skipped']} already done")
-  print(report.write(_WORKDIR.value, plots=_PLOTS.value))
+  try:
+    print(report.write(_WORKDIR.value, plots=_PLOTS.value))
+  except report.NoResults as e:  # e.g. every run of this shard is held by another process
+    print(f"attnlab: no report yet: {e}", file=sys.stderr)
 
 
 def _resolve_config_args(argv: list[str]) -> list[str]:
@@ -208,6 +211,18 @@ def _bad_override(argv: list[str]) -> str | None:
   return None
 
 
+def _bad_config_file(argv: list[str]) -> str | None:
+  """Why the ``--config=`` file cannot be loaded (it raises, does not parse, lacks get_config)."""
+  from attnlab import config as config_lib  # pylint: disable=g-import-not-at-top
+  path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  try:
+    if path is not None:
+      config_lib.load_file(path)
+  except (ValueError, OSError) as e:
+    return _message(e)
+  return None
+
+
 def _parse(argv: list[str]) -> list[str]:
   text = _help(argv)
   if text is not None:
@@ -218,13 +233,25 @@ def _parse(argv: list[str]) -> list[str]:
     return flags.FLAGS(argv)
   except UsageError as e:
     _die(str(e))
-  except flags.Error as e:
-    _die(f"{e}")
-  except (AttributeError, KeyError) as e:
-    _die(_bad_override(argv) or f"bad --config override: {e}")
-  except (ValueError, TypeError) as e:
-    _die(f"{e}")
+  except Exception as e:  # pylint: disable=broad-except  (known kinds below; others re-raised)
+    bad_file = _bad_config_file(argv)
+    if bad_file:
+      _die(bad_file)
+    if isinstance(e, (flags.Error, ValueError, TypeError, OSError)):
+      _die(_message(e))
+    if isinstance(e, (AttributeError, KeyError)):
+      _die(_bad_override(argv) or f"bad --config override: {e}")
+    raise
   return []
+
+
+def _message(e: BaseException) -> str:
+  """One line for an expected error; OSErrors as their reason and file."""
+  if not isinstance(e, OSError) or e.strerror is None:
+    return str(e)
+  if e.errno == errno.ENAMETOOLONG:
+    return f"path too long (a path component may have at most 255 bytes): {e.filename}"
+  return f"{e.strerror}: {e.filename}" if e.filename else e.strerror
 
 
 def _die(message: str) -> None:
@@ -234,12 +261,13 @@ def _die(message: str) -> None:
 
 def _main(argv: list[str]) -> None:
   _quiet_logs()
+  from attnlab.runlock import RunBusy  # pylint: disable=g-import-not-at-top
   try:
     main(argv)
-  except (UsageError, ValueError, TypeError, FileNotFoundError) as e:
+  except (UsageError, ValueError, TypeError, OSError, RunBusy) as e:
     if os.environ.get("ATTNLAB_TRACEBACK"):
       raise
-    _die(f"{e}\n(set ATTNLAB_TRACEBACK=1 to see the traceback)")
+    _die(f"{_message(e)} (ATTNLAB_TRACEBACK=1 shows the traceback)")
 
 
 def run() -> None:

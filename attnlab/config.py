@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import math
 import os
 import pathlib
 from typing import Any
@@ -78,11 +79,24 @@ def load_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
   file = resolve_path(path)
   spec = importlib.util.spec_from_file_location(f"_attnlab_config_{file.stem}", file)
   module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  if not hasattr(module, "get_config"):
+  try:
+    spec.loader.exec_module(module)
+  except SyntaxError as e:
+    raise ValueError(f"config file {str(file)!r}: syntax error at line {e.lineno}: {e.msg}") from e
+  except Exception as e:
+    raise ValueError(f"config file {str(file)!r} raised {type(e).__name__}: {e}") from e
+  if not callable(getattr(module, "get_config", None)):
     raise ValueError(f"config file {str(file)!r} has no get_config(arg=None)")
   params = inspect.signature(module.get_config).parameters
-  return module.get_config(arg) if params else module.get_config()
+  try:
+    config = module.get_config(arg) if params else module.get_config()
+  except Exception as e:
+    raise ValueError(f"config file {str(file)!r}: get_config({arg!r}) raised {type(e).__name__}: "
+                     f"{e}") from e
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise ValueError(f"config file {str(file)!r}: get_config() returned {type(config).__name__}, "
+                     "not an ml_collections.ConfigDict")
+  return config
 
 
 def _check_keys(where: str, got: ml_collections.ConfigDict, want: ml_collections.ConfigDict) -> None:
@@ -105,7 +119,8 @@ def _check_keys(where: str, got: ml_collections.ConfigDict, want: ml_collections
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-  """Checks keys, types and choices against the schema; raises ValueError/TypeError naming the key."""
+  """Checks keys, types, choices and that every number is finite and in its range (``_RANGES``);
+  raises ValueError/TypeError naming the key."""
   if not isinstance(config, ml_collections.ConfigDict):
     raise TypeError(f"config must be an ml_collections.ConfigDict, got {type(config).__name__}")
   base = base_config()
@@ -134,8 +149,59 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config: train.seeds must be a non-empty tuple of distinct ints >= 0, got {seeds!r}")
   if config.train.early_stopping.patience < 0:
     raise ValueError("config: train.early_stopping.patience must be >= 0 (0 = off)")
+  for section, key in (("optim", "warmup_steps"), ("train", "checkpoint_every")):
+    if config[section][key] < 0:
+      raise ValueError(f"config: {section}.{key} must be >= 0, got {config[section][key]}")
+  _check_numbers(to_dict(config))
   if not early_stopping_metrics(config):
     raise ValueError("config: train.early_stopping.metrics is empty; e.g. 'accuracy' or 'loss,accuracy'")
+
+
+# Valid ranges of float fields: whole keys, or for task.knobs and model.options the last part.
+_RANGES = {"optim.learning_rate": "(0, inf)", "optim.weight_decay": "[0, inf)",
+           "optim.clip_norm": "[0, inf)", "optim.b1": "[0, 1)", "optim.b2": "[0, 1)",
+           "entropy_bonus": "[0, inf)", "baseline_decay": "[0, 1]"}
+_RATE = "[0, 1)"  # option or knob names with "dropout", or ending in _rate or _prob
+
+
+def _range(key: str) -> str | None:
+  if key in _RANGES:
+    return _RANGES[key]
+  if key.startswith(("model.options.", "task.knobs.")):
+    last = key.rsplit(".", 1)[-1]
+    if last in _RANGES:
+      return _RANGES[last]
+    if "dropout" in last or last.endswith(("_rate", "_prob")):
+      return _RATE
+  return None
+
+
+def _inside(value: float, interval: str) -> bool:
+  lo, hi = (float(x) for x in interval[1:-1].split(","))
+  above = lo < value if interval[0] == "(" else lo <= value
+  below = value < hi if interval[-1] == ")" else value <= hi
+  return above and below
+
+
+def _check_numbers(tree: Any, prefix: str = "") -> None:
+  """Every float finite and every ranged number (``_RANGES``) inside its range, else ValueError."""
+  if isinstance(tree, dict):
+    for k, v in tree.items():
+      _check_numbers(v, f"{prefix}{k}.")
+    return
+  if isinstance(tree, list):
+    for i, v in enumerate(tree):
+      _check_numbers(v, f"{prefix.rstrip('.')}[{i}].")
+    return
+  if isinstance(tree, bool) or not isinstance(tree, (int, float)):
+    return
+  key = prefix.rstrip(".")
+  interval = _range(key)
+  if not math.isfinite(tree):
+    raise ValueError(f"config: {key} must be a finite number, got {tree}"
+                     + (f" (valid range {interval})" if interval else ""))
+  if interval and not _inside(tree, interval):
+    raise ValueError(f"config: {key}={tree} is out of range; valid: {interval}")
 
 
 def early_stopping_metrics(config: ml_collections.ConfigDict) -> tuple[str, ...]:

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import math
 import pathlib
+import warnings
+import zipfile
 from typing import Any
 
 import numpy as np
 
+from attnlab import results
 
 
 def _plt() -> Any:
@@ -102,7 +105,15 @@ def _first_map(run_dir: pathlib.Path | None) -> np.ndarray | None:
   """[Lq, Lk] (mean over heads) of the first layer in the run's attention.npz."""
   if run_dir is None or not (run_dir / "attention.npz").exists():
     return None
-  with np.load(run_dir / "attention.npz") as z:
+  try:
+    return _read_map(run_dir / "attention.npz")
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+    warnings.warn(f"{run_dir / 'attention.npz'}: unreadable ({e}); its plot is left out")
+    return None
+
+
+def _read_map(path: pathlib.Path) -> np.ndarray | None:
+  with np.load(path) as z:
     names = sorted(z.files)
     edges = [n for n in names if n.endswith("/edges")]
     if edges:
@@ -128,6 +139,8 @@ def dense_graph_map(edges: np.ndarray, alpha: np.ndarray, n: int) -> np.ndarray:
 def _save(plt: Any, fig: Any, path: pathlib.Path) -> pathlib.Path:
   if not fig.get_layout_engine():
     fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  try:
+    results.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+  finally:
+    plt.close(fig)
   return path

@@ -4,7 +4,10 @@ Rows are grouped by the category compared (the sub-grid's ``group``) and task; e
 variant with the mean ± half-width of the 95% Student-t confidence interval over seeds
 (t_{0.975, n-1} · s / √n, s with ddof=1). Within every (category, task) block the best mean is
 marked ★, and rows whose difference from the best is not significant (Welch's t-test, p ≥ 0.05)
-are marked ≈: those variants do not differ on this evidence. Written to ``DIR/report.md``.
+are marked ≈: those variants do not differ on this evidence. Seeds that diverged (a non-finite
+training loss) are counted in the seeds column and left out of mean, CI and test; a variant whose
+seeds all diverged shows "diverged". Written to ``DIR/report.md``; an unknown metric or split, or
+no results, is an error that leaves an existing report as it is.
 
 Plots (matplotlib, the ``plots`` extra, imported only here) go to ``DIR/plots/``: the metric per
 variant per task (``<group>.png``), val learning curves from each run's metrics.jsonl
@@ -36,14 +39,19 @@ class Row:
   mean: float
   ci: float
   val_mean: float
+  diverged: int = 0
   mark: str = ""
+
+
+class NoResults(ValueError):
+  """The workdir has no valid results lines (nothing to report)."""
 
 
 def load(workdir: pathlib.Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
   workdir = pathlib.Path(workdir)
   path = workdir / "results.jsonl"
   if not path.exists():
-    raise FileNotFoundError(f"{str(workdir)!r} has no results.jsonl: is it a sweep workdir?")
+    raise NoResults(f"{str(workdir)!r} has no results.jsonl: is it a sweep workdir?")
   meta_path = workdir / "sweep.json"
   meta = results.read_json(meta_path) if meta_path.exists() else {"name": workdir.name}
   return meta, results.dedupe(results.read_lines(path))
@@ -63,6 +71,26 @@ def welch_p(a: list[float], b: list[float]) -> float:
   return float(special.betainc(df / 2, 0.5, df / (df + t * t)))
 
 
+def check_choice(records: list[dict[str, Any]], metric: str, split: str) -> None:
+  """ValueError naming the valid splits or metrics if ``split`` or ``metric`` is not in ``records``."""
+  splits = sorted({s for r in records for s in r["metrics"]})
+  if split not in splits:
+    raise ValueError(f"report: unknown split {split!r}; the results have: {', '.join(splits)}")
+  metrics = sorted({m for r in records for m in r["metrics"].get(split, {})})
+  if metric not in metrics:
+    raise ValueError(f"report: unknown metric {metric!r} for split {split!r}; the results have: "
+                     f"{', '.join(metrics)}")
+
+
+def _ok(record: dict[str, Any]) -> bool:
+  return record.get("status", results.STATUS_OK) == results.STATUS_OK
+
+
+def _values(recs: list[dict[str, Any]], split: str, metric: str) -> list[float]:
+  return [r["metrics"][split][metric] for r in recs
+          if _ok(r) and r["metrics"].get(split, {}).get(metric) is not None]
+
+
 def rows(records: list[dict[str, Any]], metric: str = "accuracy", split: str = "test") -> list[Row]:
   """One row per run point, in first-seen order, with the marks of the module docstring."""
   by_run: dict[str, list[dict[str, Any]]] = {}
@@ -71,15 +99,18 @@ def rows(records: list[dict[str, Any]], metric: str = "accuracy", split: str = "
   out = []
   for recs in by_run.values():
     point = recs[0]["run"]
-    values = [r["metrics"][split][metric] for r in recs if metric in r["metrics"].get(split, {})]
-    if not values:
+    values, diverged = _values(recs, split, metric), sum(not _ok(r) for r in recs)
+    if not values and not diverged:
       continue
     mean, ci, _ = results.mean_ci(values)
-    val = [r["metrics"]["val"][metric] for r in recs if metric in r["metrics"].get("val", {})]
+    val = _values(recs, "val", metric)
     out.append(Row(point["group"], point["task"], label(point), recs[0].get("run_id", ""), values, mean,
-                   ci, float(np.mean(val)) if val else math.nan))
+                   ci, float(np.mean(val)) if val else math.nan, diverged))
   lower_better = "loss" in metric
   for block in _blocks(out).values():
+    block = [r for r in block if r.values]
+    if not block:
+      continue
     best = min(block, key=lambda r: r.mean) if lower_better else max(block, key=lambda r: r.mean)
     for r in block:
       if len(block) < 2:
@@ -98,6 +129,10 @@ def _blocks(rs: list[Row]) -> dict[tuple[str, str], list[Row]]:
   return blocks
 
 
+_DIVERGED_NOTE = (" Seeds that diverged (non-finite training loss) are counted in the seeds column "
+                  "and left out of mean, CI and marks.")
+
+
 def _fmt(x: float, scale: float) -> str:
   return "–" if math.isnan(x) else f"{x * scale:.1f}"
 
@@ -107,17 +142,19 @@ def markdown(rs: list[Row], meta: dict[str, Any], metric: str = "accuracy", spli
   unit = " (%)" if pct == 100.0 else ""
   lines = [f"# Sweep `{meta.get('name', '?')}`: {split} {metric}{unit}", "",
            f"Mean ± 95% CI (Student t over seeds). ★ best in its block; ≈ not significantly different "
-           f"from the best (Welch t-test, p ≥ 0.05).", ""]
+           f"from the best (Welch t-test, p ≥ 0.05)." + (_DIVERGED_NOTE if any(r.diverged for r in rs) else ""),
+           ""]
   for group in dict.fromkeys(r.group for r in rs):
     lines += [f"## {group}", "", f"| task | variant | {split} {metric}{unit} | val {metric}{unit} | seeds |",
               "|---|---|---|---|---|"]
     for r in (r for r in rs if r.group == group):
-      cell = f"{_fmt(r.mean, pct)} ± {_fmt(r.ci, pct)}"
+      cell = f"{_fmt(r.mean, pct)} ± {_fmt(r.ci, pct)}" if r.values else "diverged"
       if r.mark == "★":
         cell = f"**{cell}** ★"
       elif r.mark:
         cell = f"{cell} {r.mark}"
-      lines.append(f"| {r.task} | {r.variant} | {cell} | {_fmt(r.val_mean, pct)} | {len(r.values)} |")
+      seeds = f"{len(r.values)} (+{r.diverged} diverged)" if r.diverged else f"{len(r.values)}"
+      lines.append(f"| {r.task} | {r.variant} | {cell} | {_fmt(r.val_mean, pct)} | {seeds} |")
     lines.append("")
   return "\n".join(lines)
 
@@ -126,6 +163,10 @@ def write(workdir: str, *, metric: str = "accuracy", split: str = "test", plots:
   """Writes DIR/report.md (and plots unless ``plots=False``); returns the Markdown."""
   workdir = pathlib.Path(workdir)
   meta, records = load(workdir)
+  if not records:
+    raise NoResults(f"{str(workdir / 'results.jsonl')!r} has no valid results lines; nothing to "
+                    "report (report.md left as it is)")
+  check_choice(records, metric, split)
   rs = rows(records, metric, split)
   text = markdown(rs, meta, metric, split)
   if plots:
@@ -142,8 +183,14 @@ def learning_curves(run_dir: pathlib.Path, metric: str) -> tuple[np.ndarray, np.
   path = run_dir / "metrics.jsonl"
   if not path.exists():
     return None
-  pts = [(r["step"], float(np.mean(r[metric]))) for r in map(json.loads, path.read_text().splitlines())
-         if r.get("split") == "val" and metric in r]
+  pts = []
+  for line in path.read_text().splitlines():
+    try:
+      r = json.loads(line)
+      if r.get("split") == "val" and metric in r:
+        pts.append((int(r["step"]), float(np.mean(r[metric]))))
+    except (ValueError, TypeError, KeyError, AttributeError):  # a torn line of a killed run
+      continue
   if not pts:
     return None
   steps, values = zip(*pts)

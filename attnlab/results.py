@@ -5,19 +5,31 @@ O_APPEND, then fsyncs: a process killed at any moment leaves either the full lin
 kernel completes a write() before delivering SIGKILL; POSIX appends land at the end of the file
 even with several writers, e.g. shards of one sweep). A reader still tolerates a torn last line
 (a crash of the machine mid-write) by skipping it; the next append first ends it with a newline.
-Whole files (``result.json``, ``sweep.json``) are written to a temporary file, fsynced, renamed.
+Whole files (``result.json``, ``attention.npz``, reports, plots) are written by ``atomic_write``:
+to a temporary file beside them, fsynced, renamed; the temporary file is removed if anything fails,
+so a file that exists is complete. A full disk is reported as ``no space left on device while
+writing FILE`` (``writing``).
+
+Schema. A results line is ``{"run": {"group", "task", ...}, "seed": int, "metrics": {split:
+{metric: number or null}}, "status": "ok" | "diverged at step N", ...}``; ``read_lines`` skips a
+line that is torn, not JSON or not of this shape, with a warning naming the file, line and fault.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import math
 import os
 import pathlib
 import warnings
-from typing import Any, Iterable
+from typing import IO, Any, Callable, Iterable, Iterator
 
 import numpy as np
+
+STATUS_OK = "ok"  # a results line's status; otherwise "diverged at step N"
+_DISK_FULL = "no space left on device while writing"
 
 
 def canonical(obj: Any) -> str:
@@ -29,53 +41,133 @@ def read_json(path: pathlib.Path) -> Any:
   return json.loads(pathlib.Path(path).read_text())
 
 
+def is_disk_full(error: BaseException) -> bool:
+  """Whether ``error`` (or an error it was raised from) is a full disk (ENOSPC)."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+      return True
+    if "No space left on device" in str(error):  # e.g. tensorstore (orbax) errors carry only text
+      return True
+    error = error.__cause__ or error.__context__
+  return False
+
+
+@contextlib.contextmanager
+def writing(path: pathlib.Path) -> Iterator[None]:
+  """Re-raises a full disk inside the block as ``OSError(ENOSPC)`` naming ``path``."""
+  try:
+    yield
+  except Exception as e:
+    if is_disk_full(e) and not str(getattr(e, "strerror", "")).startswith(_DISK_FULL):
+      raise OSError(errno.ENOSPC, f"{_DISK_FULL} {path}") from e
+    raise
+
+
+def atomic_write(path: pathlib.Path, write: Callable[[IO[bytes]], Any]) -> None:
+  """Writes ``path`` with ``write(binary file)`` via a temporary file (see the module docstring)."""
+  path = pathlib.Path(path)
+  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+  try:
+    with writing(path):
+      with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+      os.replace(tmp, path)
+  except BaseException:
+    tmp.unlink(missing_ok=True)
+    raise
+
+
+def atomic_write_text(path: pathlib.Path, text: str) -> None:
+  atomic_write(path, lambda f: f.write(text.encode()))
+
+
 def atomic_write_json(path: pathlib.Path, obj: Any) -> None:
   atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True) + "\n")
 
 
-def atomic_write_text(path: pathlib.Path, text: str) -> None:
+def make_dir(path: pathlib.Path, what: str = "--workdir") -> pathlib.Path:
+  """Creates directory ``path`` (and parents); a clear error if it is a file."""
   path = pathlib.Path(path)
-  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-  with open(tmp, "w") as f:
-    f.write(text)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  if path.exists() and not path.is_dir():
+    raise ValueError(f"{what} {str(path)!r} is a file, not a directory")
+  with writing(path):
+    path.mkdir(parents=True, exist_ok=True)
+  return path
 
 
 def append_line(path: pathlib.Path, record: dict[str, Any]) -> None:
   """Appends ``record`` as one JSON line, atomically (see the module docstring)."""
   data = (json.dumps(record, sort_keys=True) + "\n").encode()
-  fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-  try:
-    if os.fstat(fd).st_size > 0:
-      with open(path, "rb") as f:
-        f.seek(-1, os.SEEK_END)
-        if f.read(1) != b"\n":  # a torn line from a machine crash: end it, keep ours whole
-          data = b"\n" + data
-    written = os.write(fd, data)
-    if written != len(data):
-      raise OSError(f"short write to {path}: {written} of {len(data)} bytes")
-    os.fsync(fd)
-  finally:
-    os.close(fd)
+  with writing(path):
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+      if os.fstat(fd).st_size > 0:
+        with open(path, "rb") as f:
+          f.seek(-1, os.SEEK_END)
+          if f.read(1) != b"\n":  # a torn line from a machine crash: end it, keep ours whole
+            data = b"\n" + data
+      written = os.write(fd, data)
+      if written != len(data):
+        raise OSError(errno.ENOSPC, f"short write to {path}: {written} of {len(data)} bytes")
+      os.fsync(fd)
+    finally:
+      os.close(fd)
 
 
 def read_lines(path: pathlib.Path) -> list[dict[str, Any]]:
-  """The complete JSON lines of ``path`` (a torn or unparsable line is skipped with a warning)."""
+  """The valid results lines of ``path``; others are skipped with a warning (module docstring)."""
   path = pathlib.Path(path)
   if not path.exists():
     return []
   out = []
   for i, line in enumerate(path.read_text().splitlines(keepends=True)):
+    if not line.strip():
+      continue
+    fault = None if line.endswith("\n") else "no newline at its end"
     try:
-      if not line.endswith("\n"):
-        raise ValueError("no newline")
-      if line.strip():
-        out.append(json.loads(line))
+      record = json.loads(line)
     except ValueError:
-      warnings.warn(f"{path}:{i + 1}: skipping an incomplete line")
+      fault = fault or "not valid JSON"
+    if fault:
+      warnings.warn(f"{path}:{i + 1}: skipping an incomplete line ({fault})")
+      continue
+    fault = schema_fault(record)
+    if fault:
+      warnings.warn(f"{path}:{i + 1}: skipping a malformed results line: {fault}")
+      continue
+    out.append(record)
   return out
+
+
+def schema_fault(record: Any) -> str | None:
+  """What is wrong with a results line (the schema of the module docstring), or None."""
+  if not isinstance(record, dict):
+    return f"expected a JSON object, got {type(record).__name__}"
+  missing = [k for k in ("run", "seed", "metrics") if k not in record]
+  if missing:
+    return f"missing {', '.join(map(repr, missing))}"
+  run, seed, metrics = record["run"], record["seed"], record["metrics"]
+  if not isinstance(run, dict) or not all(isinstance(run.get(k), str) for k in ("group", "task")):
+    return "'run' must be an object with string 'group' and 'task'"
+  if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+    return f"'seed' must be an int >= 0, got {seed!r}"
+  if not isinstance(metrics, dict) or not all(isinstance(v, dict) for v in metrics.values()):
+    return "'metrics' must be an object of splits, each an object of metrics"
+  for split, per in metrics.items():
+    for name, value in per.items():
+      if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        return f"metric {split}.{name} must be a number or null, got {value!r}"
+  if not isinstance(record.get("status", STATUS_OK), str):
+    return f"'status' must be a string, got {record['status']!r}"
+  return None
+
+
+def diverged_status(step: int) -> str:
+  return f"diverged at step {step}"
 
 
 def key(record: dict[str, Any]) -> tuple[str, int]:
@@ -96,13 +188,21 @@ def dedupe(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
   return out
 
 
-def summarize(per_metric: dict[str, Any]) -> dict[str, dict[str, Any]]:
-  """{metric: per-seed values} -> {metric: {per_seed, mean, std}}, std with ddof=1 (0 for one seed)."""
+def summarize(per_metric: dict[str, Any], ok: Iterable[bool] | None = None) -> dict[str, dict[str, Any]]:
+  """{metric: per-seed values} -> {metric: {per_seed, mean, std, n}} over the seeds that are ``ok``.
+
+  A seed that is not ok (diverged) is ``None`` in ``per_seed`` and left out of mean and std (ddof=1,
+  0 for one seed; both None when no seed is ok); ``n`` counts the seeds in them.
+  """
   out = {}
   for name, values in per_metric.items():
     v = np.asarray(values, dtype=np.float64).reshape(-1)
-    out[name] = {"per_seed": v.tolist(), "mean": float(v.mean()),
-                 "std": float(v.std(ddof=1)) if v.size > 1 else 0.0}
+    keep = np.ones(v.shape, bool) if ok is None else np.asarray(list(ok), bool)
+    kept = v[keep]
+    out[name] = {"per_seed": [float(x) if k else None for x, k in zip(v, keep)],
+                 "mean": float(kept.mean()) if kept.size else None,
+                 "std": (float(kept.std(ddof=1)) if kept.size > 1 else 0.0) if kept.size else None,
+                 "n": int(kept.size)}
   return out
 
 

@@ -6,9 +6,11 @@ leading seed axis [S, ...], so all seeds of a run train in one compiled XLA prog
 compiles once, whatever the number of seeds:
 
     init(keys [S])                                -> params, rest
-    train_chunk(params, rest, opt, on [S], batches [K, ...], live [K])
-        K optimiser steps (lax.scan); a seed whose ``on`` is False, or a step with ``live`` False,
-        leaves its state untouched (early-stopped seeds freeze inside the vmapped program)
+    train_chunk(params, rest, opt, es, batches [K, ...], live [K], at)
+        K optimiser steps after step ``at`` (lax.scan); a seed that is not ``es["active"]``, or a
+        step with ``live`` False, leaves its state untouched (early-stopped seeds freeze inside the
+        vmapped program). A seed whose loss or gradient is not finite keeps its last finite state
+        and stops: ``es["diverged_at"]`` (-1 while it has not) and ``es["stopped_at"]`` get the step.
     validate(params, rest, es, batches [nb, ...], step)
         val metrics (mean over nb equal batches) and the per-seed early-stopping state ``es``:
         GAT's rule (Veličković et al. 2018): the patience counter resets when any of the chosen
@@ -103,22 +105,32 @@ def build(model_cls: type, spec: dict, options: dict, family: str, tx: optax.Gra
     return loss, (metrics, new_rest)
 
   def step_one(params, rest, opt_state, batch, on):
-    grads, (metrics, new_rest) = jax.grad(loss_fn, has_aux=True)(params, rest, batch)
+    (loss, (metrics, new_rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, rest, batch)
+    finite = jnp.isfinite(loss) & jnp.all(jnp.stack([jnp.all(jnp.isfinite(g))
+                                                     for g in jax.tree.leaves(grads)]))
     updates, new_opt = tx.update(grads, opt_state, params)
     new_params = optax.apply_updates(params, updates)
+    on = on & finite
     return (select(on, new_params, params), select(on, new_rest, rest), select(on, new_opt, opt_state),
-            metrics)
+            metrics, finite)
 
   step_seeds = jax.vmap(step_one, in_axes=(0, 0, 0, seed_axis, 0))
 
-  def train_chunk(params, rest, opt_state, on, batches, live):
+  def train_chunk(params, rest, opt_state, es, batches, live, at):
     def body(carry, xs):
-      batch, is_live = (batches, xs) if static_train else xs
-      p, r, o, m = step_seeds(*carry, batch, on & is_live)
-      return (p, r, o), m
-    xs = live if static_train else (batches, live)
-    (params, rest, opt_state), metrics = jax.lax.scan(body, (params, rest, opt_state), xs)
-    return params, rest, opt_state, metrics  # metrics: {name: [K, S]}
+      p, r, o, on, diverged_at = carry
+      batch, is_live, k = (batches, *xs) if static_train else xs
+      p, r, o, m, finite = step_seeds(p, r, o, batch, on & is_live)
+      bad = on & is_live & ~finite
+      return (p, r, o, on & ~bad, jnp.where(bad, at + k + 1, diverged_at)), m
+    ks = jnp.arange(live.shape[0])
+    xs = (live, ks) if static_train else (batches, live, ks)
+    carry = (params, rest, opt_state, es["active"], es["diverged_at"])
+    (params, rest, opt_state, on, diverged_at), metrics = jax.lax.scan(body, carry, xs)
+    stopped = es["active"] & ~on
+    es = {**es, "active": on, "diverged_at": diverged_at,
+          "stopped_at": jnp.where(stopped, diverged_at, es["stopped_at"])}
+    return params, rest, opt_state, es, metrics  # metrics: {name: [K, S]}
 
   def eval_one(params, rest, batches):
     def body(_, batch):
@@ -142,7 +154,7 @@ def build(model_cls: type, spec: dict, options: dict, family: str, tx: optax.Gra
     still = active & ((count < patience) if patience > 0 else True)
     return {
         "best": best, "count": count, "active": still,
-        "stopped_at": jnp.where(active & ~still, step, es["stopped_at"]),
+        "stopped_at": jnp.where(active & ~still, step, es["stopped_at"]), "diverged_at": es["diverged_at"],
         "best_step": jnp.where(save, step, es["best_step"]),
         "best_metrics": select(save, metrics, es["best_metrics"]),
         "best_params": select(save, params, es["best_params"]),
@@ -160,6 +172,7 @@ def build(model_cls: type, spec: dict, options: dict, family: str, tx: optax.Gra
         "best": {m: full(jnp.inf if minimised(m) else -jnp.inf, jnp.float32) for m in es_metrics},
         "count": full(0, jnp.int32), "active": full(True, bool),
         "stopped_at": full(steps, jnp.int32), "best_step": full(0, jnp.int32),
+        "diverged_at": full(-1, jnp.int32),
         "best_metrics": {m: full(jnp.nan, jnp.float32) for m in metric_names},
         "best_params": params, "best_rest": rest,
     }

@@ -15,11 +15,15 @@ A run's point, ``{"group", "task", **fixed, **axis values}``, identifies it in `
 (canonical JSON, stable across restarts). ``DIR/sweep.json`` stores the expanded sweep and its
 fingerprint (sha256 of every run's full config and the seeds); a DIR holding another sweep is
 refused. Each finished (run, seed) appends one line to ``DIR/results.jsonl`` (attnlab.results);
-a rerun skips done pairs. ``shard=(i, n)`` runs the runs with index ≡ i (mod n).
+a rerun skips done pairs. ``shard=(i, n)`` runs the runs with index ≡ i (mod n). A run is trained
+and recorded while its directory is held (attnlab.runlock): a second process on the same sweep or
+shard skips the runs the first one holds (counted as busy) and re-reads results.jsonl before each
+run, so no (run, seed) is recorded twice.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import itertools
@@ -31,7 +35,7 @@ import ml_collections
 from absl import logging
 
 from attnlab import config as config_lib
-from attnlab import registry, results
+from attnlab import registry, results, runlock
 
 DEFAULT = config_lib.REPO_ROOT / "configs" / "sweeps" / "categories.py"
 _CATEGORY_OPTIONS = {"score": ("score", "graph_score"), "normalizer": ("normalizer",),
@@ -135,7 +139,11 @@ def check_workdir(workdir: pathlib.Path, sweep: ml_collections.ConfigDict, runs:
   meta_path, res_path = workdir / "sweep.json", workdir / "results.jsonl"
   fp = fingerprint(sweep, runs)
   if meta_path.exists():
-    old = results.read_json(meta_path)
+    try:
+      old = results.read_json(meta_path)
+    except ValueError as e:
+      raise ValueError(f"workdir {str(workdir)!r}: sweep.json is unreadable ({e}); use a new "
+                       "--workdir") from e
     if old.get("fingerprint") != fp:
       old_points = {results.canonical(p) for p in old.get("runs", [])}
       new_points = {results.canonical(r.point) for r in runs}
@@ -149,7 +157,7 @@ def check_workdir(workdir: pathlib.Path, sweep: ml_collections.ConfigDict, runs:
   if res_path.exists():
     raise ValueError(f"workdir {str(workdir)!r} has results.jsonl but no sweep.json: not a sweep "
                      f"directory of this config; nothing was changed, use a new --workdir")
-  workdir.mkdir(parents=True, exist_ok=True)
+  results.make_dir(workdir)
   from attnlab.train import is_primary  # pylint: disable=g-import-not-at-top
   if is_primary():
     results.atomic_write_json(meta_path, {"name": sweep.name, "fingerprint": fp, "seeds": list(sweep.seeds),
@@ -172,48 +180,70 @@ def parse_shard(text: str | None) -> tuple[int, int]:
 
 def run_sweep(sweep: ml_collections.ConfigDict, workdir: str, *, shard: tuple[int, int] = (0, 1),
               progress: bool = True) -> dict[str, int]:
-  """Runs this shard's unfinished (run, seed) pairs; returns counts (runs, trained, skipped)."""
+  """Runs this shard's unfinished (run, seed) pairs; returns counts (runs, trained, skipped, busy)."""
   from attnlab import train  # pylint: disable=g-import-not-at-top
   workdir = pathlib.Path(workdir)
   runs = expand(sweep)
   check_workdir(workdir, sweep, runs)
   res_path = workdir / "results.jsonl"
-  done = {results.key(r) for r in results.read_lines(res_path)}
   mine = [r for r in runs if r.index % shard[1] == shard[0]]
-  todo = []
-  for r in mine:
-    missing = [s for s in sweep.seeds if (results.canonical(r.point), s) not in done]
-    if missing:
-      todo.append((r, missing))
-  counts = {"runs": len(mine), "trained": 0, "skipped": len(mine) - len(todo)}
+  done = _done(res_path)
+  todo = [r for r in mine if _missing(r, sweep, done)]
+  counts = {"runs": len(mine), "trained": 0, "skipped": len(mine) - len(todo), "busy": 0}
   bar = _progress(progress and train.is_primary())
   with bar:
     task_id = bar.add_task(f"sweep {sweep.name}", total=len(mine), completed=counts["skipped"])
-    for run, missing in todo:
+    for run in todo:
       bar.update(task_id, description=f"{run.point['group']} · {run.point['task']} · "
                  f"{label(run.point)}")
-      cfg = run.config
-      run_dir = workdir / "runs" / run.id
-      if missing != list(sweep.seeds):  # some seeds are already recorded: train only the others
-        cfg = cfg.copy_and_resolve_references()
-        cfg.train.seeds = tuple(missing)
-        run_dir = run_dir / ("seeds-" + "-".join(map(str, missing)))
-      result = train.train_and_evaluate(cfg, str(run_dir))
-      for i, seed in enumerate(result["seeds"]):
-        if (results.canonical(run.point), seed) in done or not train.is_primary():
-          continue
-        results.append_line(res_path, {
-            "sweep": sweep.name, "run": run.point, "seed": seed, "run_id": run.id,
-            "task": cfg.task.name, "model": cfg.model.name,
-            "metrics": {split: {m: v["per_seed"][i] for m, v in per.items()}
-                        for split, per in result["metrics"].items()},
-            "best_step": result["best_step"][i], "stopped_at": result["stopped_at"][i],
-            "run_wall_s": result["wall_s"]})
-        done.add((results.canonical(run.point), seed))
-      counts["trained"] += 1
+      run_dir = results.make_dir(workdir / "runs" / run.id)
+      try:
+        with runlock.hold(run_dir) if train.is_primary() else contextlib.nullcontext():
+          counts["trained" if _train_run(run, sweep, run_dir, res_path) else "skipped"] += 1
+      except runlock.RunBusy as e:
+        logging.warning("sweep %s: skipping run %s: %s", sweep.name, run.id, e)
+        counts["busy"] += 1
       bar.advance(task_id)
   logging.info("sweep %s shard %d/%d: %s", sweep.name, shard[0], shard[1], counts)
   return counts
+
+
+def _done(res_path: pathlib.Path) -> set[tuple[str, int]]:
+  """The (run, seed) pairs recorded in results.jsonl."""
+  return {results.key(r) for r in results.read_lines(res_path)}
+
+
+def _missing(run: Run, sweep: ml_collections.ConfigDict, done: set[tuple[str, int]]) -> list[int]:
+  return [s for s in sweep.seeds if (results.canonical(run.point), s) not in done]
+
+
+def _train_run(run: Run, sweep: ml_collections.ConfigDict, run_dir: pathlib.Path,
+               res_path: pathlib.Path) -> bool:
+  """Trains ``run``'s missing seeds and appends their lines; False if none was missing."""
+  from attnlab import train  # pylint: disable=g-import-not-at-top
+  missing = _missing(run, sweep, _done(res_path))  # read again: another process may have appended
+  if not missing:
+    return False
+  cfg = run.config
+  if missing != list(sweep.seeds):  # some seeds are already recorded: train only the others
+    cfg = cfg.copy_and_resolve_references()
+    cfg.train.seeds = tuple(missing)
+    run_dir = run_dir / ("seeds-" + "-".join(map(str, missing)))
+  result = train.train_and_evaluate(cfg, str(run_dir))
+  if not train.is_primary():
+    return True
+  statuses = result.get("status", [results.STATUS_OK] * len(result["seeds"]))
+  for i, seed in enumerate(result["seeds"]):
+    if seed not in missing:
+      continue
+    results.append_line(res_path, {
+        "sweep": sweep.name, "run": run.point, "seed": seed, "run_id": run.id,
+        "task": cfg.task.name, "model": cfg.model.name, "status": statuses[i],
+        "metrics": {split: {m: v["per_seed"][i] for m, v in per.items()}
+                    for split, per in result["metrics"].items()},
+        "best_step": result["best_step"][i], "stopped_at": result["stopped_at"][i],
+        "run_wall_s": result["wall_s"]})
+  return True
 
 
 def label(point: dict[str, Any]) -> str:

@@ -1,14 +1,20 @@
 """One training run: ``train_and_evaluate(config, workdir)``, all seeds in one vmapped program.
 
-Writes to ``workdir``:
+Writes to ``workdir`` (held by one process at a time: attnlab.runlock):
 
 * ``config.json``   the run's config (a restart with a different config is refused);
 * ``metrics.jsonl`` one line per train step and per evaluation: ``{"step", "split", metric: [per seed]}``;
 * ``checkpoints/``  orbax checkpoints every ``train.checkpoint_every`` steps and at the end; a
-  restarted run resumes from the newest (metrics.jsonl is cut back to it);
-* ``result.json``   per split (val, test) and metric: ``per_seed``, ``mean``, ``std`` (ddof=1);
-  with early stopping the val/test values are those of each seed's best-val state;
-* ``attention.npz`` attention weights of one val example, seed 0 (``train.attention_maps``).
+  restarted run resumes from the newest readable one (metrics.jsonl is cut back to it);
+* ``attention.npz`` attention weights of one val example, seed 0 (``train.attention_maps``);
+* ``result.json``   per split (val, test) and metric: ``per_seed``, ``mean``, ``std`` (ddof=1), ``n``;
+  with early stopping the val/test values are those of each seed's best-val state. ``status`` per
+  seed: "ok", or "diverged at step N" when its training loss or gradient stopped being finite (the
+  seed stopped there; its metrics are null and left out of mean and std).
+
+Finishing is idempotent: the final checkpoint (reused if it exists), attention.npz and, last,
+result.json (the mark of a finished run) are each written whole, so a run interrupted anywhere is
+finished by running it again, to the same result.
 
 The batch is sharded over all devices (attnlab.parallel); the persistent JAX compilation cache is
 on unless ``ATTNLAB_CACHE_DIR=off`` (default ``~/.cache/attnlab/jax``).
@@ -16,6 +22,7 @@ on unless ``ATTNLAB_CACHE_DIR=off`` (default ``~/.cache/attnlab/jax``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
@@ -29,9 +36,9 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from attnlab import checkpoints, models, parallel, prng, registry, steps
+from attnlab import checkpoints, models, parallel, prng, registry, results, runlock, steps
 from attnlab import config as config_lib
-from attnlab.results import atomic_write_json, read_json, summarize
+from attnlab.rundata import RunData
 
 
 def enable_compilation_cache() -> None:
@@ -68,74 +75,20 @@ def model_class(config: ml_collections.ConfigDict, task: Any) -> type:
   return cls
 
 
-def _stack(batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-  return {k: np.stack([b[k] for b in batches]) for k in batches[0]}
-
-
-def _same(batches: list[dict[str, np.ndarray]]) -> bool:
-  return all(all(np.array_equal(b[k], batches[0][k]) for k in b) for b in batches[1:])
-
-
-def _eval_plan(task: Any, split: str, cap: int) -> tuple[int, int]:
-  """(number of batches, batch size): equal batches (one compiled program) covering the split."""
-  if task.family == "node_classifier":
-    return 1, cap
-  n = task.eval_size
-  if n is None:
-    try:
-      n = task.num_batches(split, 1)
-    except NotImplementedError:
-      return 1, cap
-  size = max(d for d in range(1, min(n, cap) + 1) if n % d == 0)
-  return n // size, size
-
-
-class _Data:
-  """Host batches per seed, stacked [.., S, B, ...], or shared by all seeds (seed axis None)."""
-
-  def __init__(self, task: Any, config: ml_collections.ConfigDict, seeds: list[int], mesh: Any):
-    self.task, self.seeds, self.mesh = task, seeds, mesh
-    self.bs = config.train.batch_size
-    self.static = task.family == "node_classifier"  # the whole graph is the (fixed) batch
-    first = [task.batch("train", 0, self.bs, seed=s) for s in seeds]
-    self.shared = self.static and _same(first)
-    self.seed_axis = None if self.shared else 0
-    per_split = {split: self._eval_batches(split, config.train.eval_batch_size) for split in ("val", "test")}
-    self.eval_shared = all(_same(b) for batches in per_split.values() for b in batches)
-    self.eval_seed_axis = None if self.eval_shared else 0
-    self.eval = {split: self._put(_stack([b[0] if self.eval_shared else _stack(b) for b in batches]),
-                                  lead=1, shared=self.eval_shared)
-                 for split, batches in per_split.items()}
-    self.static_batch = (self._put(first[0] if self.shared else _stack(first), lead=0, shared=self.shared)
-                         if self.static else None)
-
-  def _eval_batches(self, split: str, cap: int) -> list[list[dict[str, np.ndarray]]]:
-    nb, size = _eval_plan(self.task, split, cap)
-    return [[self.task.batch(split, i, size, seed=s) for s in self.seeds] for i in range(nb)]
-
-  def _put(self, batch: dict[str, np.ndarray], lead: int, shared: bool) -> dict[str, jax.Array]:
-    if self.static:
-      return parallel.shard_batch(batch, self.mesh, None)  # every device needs the whole graph
-    return parallel.shard_batch(batch, self.mesh, lead + (0 if shared else 1))
-
-  def train(self, start: int, k: int, steps: int) -> dict[str, jax.Array] | None:
-    if self.static:
-      return self.static_batch
-    chunk = [_stack([self.task.batch("train", min(t, steps - 1), self.bs, seed=s) for s in self.seeds])
-             for t in range(start, start + k)]
-    return self._put(_stack(chunk), lead=1, shared=False)
-
-
 def _check_workdir_config(workdir: pathlib.Path, cfg: dict[str, Any]) -> None:
   path = workdir / "config.json"
   if path.exists():
-    old = read_json(path)
+    try:
+      old = results.read_json(path)
+    except ValueError as e:
+      raise ValueError(f"workdir {str(workdir)!r}: config.json is unreadable ({e}); delete it to "
+                       "start over, or use a new --workdir") from e
     if old != cfg:
       diff = sorted(_diff(old, cfg))
       raise ValueError(f"workdir {str(workdir)!r} holds a run of a different config (differs in: "
                        f"{', '.join(diff[:10])}); use a new --workdir or delete it")
   elif is_primary():
-    atomic_write_json(path, cfg)
+    results.atomic_write_json(path, cfg)
 
 
 def _diff(a: Any, b: Any, prefix: str = "") -> set[str]:
@@ -147,33 +100,58 @@ def _diff(a: Any, b: Any, prefix: str = "") -> set[str]:
   return set() if a == b else {prefix.rstrip(".")}
 
 
+def _step_of(line: str) -> int | None:
+  try:
+    return json.loads(line)["step"] if line.endswith("\n") else None
+  except (ValueError, TypeError, KeyError):
+    return None
+
+
 def _trim_metrics(path: pathlib.Path, step: int) -> None:
-  """Drops metric lines after ``step`` (a resumed run re-logs them)."""
+  """Drops metric lines after ``step`` (a resumed run re-logs them) and torn or garbled lines."""
   if path.exists():
-    lines = [ln for ln in path.read_text().splitlines(keepends=True)
-             if ln.endswith("\n") and json.loads(ln)["step"] <= step]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(lines))
-    os.replace(tmp, path)
+    lines = path.read_text().splitlines(keepends=True)
+    keep = [ln for ln in lines if (at := _step_of(ln)) is not None and at <= step]
+    results.atomic_write_text(path, "".join(keep))
+
+
+def _finished(workdir: pathlib.Path) -> dict[str, Any] | None:
+  """The result of a finished run (its result.json), or None."""
+  path = workdir / "result.json"
+  if not path.exists():
+    return None
+  try:
+    return results.read_json(path)
+  except ValueError:
+    logging.warning("%s is unreadable: finishing the run again", path)
+    return None
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains ``config.train.seeds`` together, evaluates val/test, writes ``workdir``; returns result."""
+  """Trains ``config.train.seeds`` together, evaluates val/test, writes ``workdir``; returns result.
+
+  Raises runlock.RunBusy if another process is running in ``workdir``.
+  """
   config_lib.validate(config)
   enable_compilation_cache()
-  workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  _check_workdir_config(workdir, config_lib.to_dict(config))
-  if (workdir / "result.json").exists():
-    logging.info("%s: already finished, result.json kept", workdir)
-    return read_json(workdir / "result.json")
+  workdir = results.make_dir(workdir)
+  with runlock.hold(workdir) if is_primary() else contextlib.nullcontext():
+    _check_workdir_config(workdir, config_lib.to_dict(config))
+    done = _finished(workdir)
+    if done is not None:
+      logging.info("%s: already finished, result.json kept", workdir)
+      return done
+    return _train(config, workdir)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str, Any]:
   start_time = time.time()
   task = make_task(config)
   cls = model_class(config, task)
   seeds = list(config.train.seeds)
   total, every = config.train.steps, config.train.eval_every
   mesh = parallel.make_mesh()
-  data = _Data(task, config, seeds, mesh)
+  data = RunData(task, config, seeds, mesh)
   es_metrics = config_lib.early_stopping_metrics(config)
   missing = [m for m in es_metrics if m not in task.metrics]
   if missing:
@@ -194,8 +172,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if restored is not None:
     step, state = restored[0], parallel.replicate(restored[1], mesh)
     logging.info("%s: resumed from step %d", workdir, step)
+  metrics_path = workdir / "metrics.jsonl"
   if is_primary():
-    _trim_metrics(workdir / "metrics.jsonl", step)
+    _trim_metrics(metrics_path, step)
   val = None
   next_ckpt = step + config.train.checkpoint_every if config.train.checkpoint_every else None
 
@@ -205,16 +184,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     """Dispatches the steps after ``at`` and their validation; nothing waits for the device."""
     params, rest, opt_state, es = state
     live = all_live if at + every <= total else jnp.arange(at, at + every) < total
-    params, rest, opt_state, train_m = prog.train_chunk(params, rest, opt_state, es["active"], batches,
-                                                        live)
+    params, rest, opt_state, es, train_m = prog.train_chunk(params, rest, opt_state, es, batches, live,
+                                                            at)
     n = min(every, total - at)
     es, val = prog.validate(params, rest, es, data.eval["val"], at + n)
     return (params, rest, opt_state, es), train_m, val, n
 
   running, next_log = None, 0.0
+  diverged = np.asarray(jax.device_get(state[3]["diverged_at"])) >= 0
   if step < total and bool(np.any(jax.device_get(state[3]["active"]))):
     running = chunk(state, step, data.train(step, every, total))
-  with open(workdir / "metrics.jsonl" if is_primary() else os.devnull, "a") as log:
+  with results.writing(metrics_path), open(metrics_path if is_primary() else os.devnull, "a") as log:
     while running is not None:
       new_state, train_m, val, n = running
       # The next chunk is dispatched before this one is read (its seeds' on-flags stay on the
@@ -222,13 +202,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       # (it then changed nothing: stopped seeds are frozen).
       running = (chunk(new_state, step + n, data.train(step + n, every, total)) if step + n < total
                  else None)
-      train_m, val, active = jax.device_get((train_m, val, new_state[3]["active"]))
+      train_m, val, active, diverged_at = jax.device_get(
+          (train_m, val, new_state[3]["active"], new_state[3]["diverged_at"]))
       for k in range(n):
         log.write(json.dumps({"step": step + k + 1, "split": "train",
                               **{m: np.asarray(v[k]).tolist() for m, v in train_m.items()}}) + "\n")
       step, state = step + n, new_state
       log.write(json.dumps({"step": step, "split": "val", **{m: np.asarray(v).tolist()
                                                              for m, v in val.items()}}) + "\n")
+      for i in np.flatnonzero((diverged_at >= 0) & ~diverged):
+        logging.warning("%s: seed %d diverged at step %d (non-finite loss or gradient): stopped",
+                        workdir.name, seeds[i], diverged_at[i])
+      diverged = diverged_at >= 0
       if time.monotonic() >= next_log or not np.any(active) or step >= total:  # ~1 line a second
         log.flush()
         logging.info("%s step %d: %s", workdir.name, step,
@@ -240,31 +225,54 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         next_ckpt = step + config.train.checkpoint_every
       if not np.any(active):
         running = None
-  params, rest, opt_state, es = state
-  checkpoints.save(ckpt_dir, step, (params, rest, opt_state, es))
-  early = patience > 0
+  checkpoints.save(ckpt_dir, step, state)  # kept as it is if this step was saved (a rerun, or a stop)
+  return _finish(config, workdir, prog, task, data, state, val, step, time.time() - start_time)
+
+
+def _finish(config: ml_collections.ConfigDict, workdir: pathlib.Path, prog: steps.Programs, task: Any,
+            data: RunData, state: Any, val: Any, step: int, wall_s: float) -> dict[str, Any]:
+  """Evaluates the final (or best-val) state on test; writes attention.npz, then result.json."""
+  params, rest, _, es = state
+  early = config.train.early_stopping.patience > 0
   final_params, final_rest = (es["best_params"], es["best_rest"]) if early else (params, rest)
   _, test = prog.validate(final_params, final_rest, es, data.eval["test"], step)
   if early:
     val = es["best_metrics"]
   elif val is None:  # resumed from the final checkpoint: evaluate it again
     _, val = prog.validate(params, rest, es, data.eval["val"], step)
-  val, test, es_host = jax.device_get((val, test, {k: es[k] for k in ("best_step", "stopped_at")}))
+  val, test, es_host = jax.device_get(
+      (val, test, {k: es[k] for k in ("best_step", "stopped_at", "diverged_at")}))
+  diverged_at = np.asarray(es_host["diverged_at"]).tolist()
+  ok = [d < 0 for d in diverged_at]
   result = {
-      "task": config.task.name, "model": config.model.name, "seeds": seeds,
-      "metrics": {"val": summarize(val), "test": summarize(test)},
+      "task": config.task.name, "model": config.model.name, "seeds": list(config.train.seeds),
+      "metrics": {"val": results.summarize(val, ok), "test": results.summarize(test, ok)},
+      "status": [results.STATUS_OK if d < 0 else results.diverged_status(d) for d in diverged_at],
       "best_step": np.asarray(es_host["best_step"]).tolist(),
       "stopped_at": np.asarray(es_host["stopped_at"]).tolist(),
-      "early_stopping": early, "devices": mesh.size, "wall_s": round(time.time() - start_time, 3),
+      "early_stopping": early, "devices": data.mesh.size, "wall_s": round(wall_s, 3),
   }
   if is_primary():
     if config.train.attention_maps:
       _save_attention(prog, final_params, final_rest, task, data, workdir)
-    atomic_write_json(workdir / "result.json", result)
+    results.atomic_write_json(workdir / "result.json", result)
   return result
 
 
-def _save_attention(prog: steps.Programs, params: Any, rest: Any, task: Any, data: _Data,
+def format_result(result: dict[str, Any]) -> str:
+  """The lines ``attnlab train`` prints: mean ± std per split and metric, then diverged seeds."""
+  lines = []
+  for split, per in result["metrics"].items():
+    lines.append(f"{split}: " + ", ".join(
+        f"{m} {v['mean']:.4f} ± {v['std']:.4f}" if v["mean"] is not None else f"{m} – (every seed diverged)"
+        for m, v in per.items()))
+  for seed, status in zip(result["seeds"], result.get("status", ())):
+    if status != results.STATUS_OK:
+      lines.append(f"seed {seed}: {status} (left out of the means)")
+  return "\n".join(lines)
+
+
+def _save_attention(prog: steps.Programs, params: Any, rest: Any, task: Any, data: RunData,
                     workdir: pathlib.Path) -> None:
   """Attention weights of the first val example of seed 0 -> attention.npz (if the model sows them)."""
   one = jax.jit(lambda t: jax.tree.map(lambda x: x[0], t))((params, rest))  # one compile, not one per leaf
@@ -273,4 +281,4 @@ def _save_attention(prog: steps.Programs, params: Any, rest: Any, task: Any, dat
     batch = {k: v[0] for k, v in batch.items()}
   maps = models.attention_maps(nnx.merge(prog.graphdef, *one, copy=True), batch)
   if maps:
-    np.savez_compressed(workdir / "attention.npz", **maps)
+    results.atomic_write(workdir / "attention.npz", lambda f: np.savez_compressed(f, **maps))

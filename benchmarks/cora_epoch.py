@@ -31,6 +31,7 @@ import numpy as np
 
 from attnlab import config as config_lib
 from attnlab import hostmem, parallel, prng, steps, train
+from attnlab.rundata import RunData
 from _timing import time_interleaved  # benchmarks/ is on sys.path when run as a script
 
 
@@ -44,7 +45,7 @@ def programs(data_dir: str, seeds: int, options: dict | None = None, knobs: dict
                        f"{', '.join(c.task.knobs)}")
     c.task.knobs[key] = value
   task = train.make_task(c)
-  data = train._Data(task, c, list(c.train.seeds), parallel.make_mesh())  # noqa: SLF001
+  data = RunData(task, c, list(c.train.seeds), parallel.make_mesh())
   prog = steps.build(train.model_class(c, task), task.spec, c.model.options.to_dict(), task.family,
                      steps.make_optimizer(c.optim, c.train.steps),
                      es_metrics=config_lib.early_stopping_metrics(c),
@@ -58,11 +59,11 @@ def programs(data_dir: str, seeds: int, options: dict | None = None, knobs: dict
 
   train_chunk, validate = prog.train_chunk, prog.validate
   if options:  # the same programs, compiled with these XLA options
-    train_chunk = train_chunk.lower(params, rest, opt, es["active"], data.static_batch, live).compile(options)
+    train_chunk = train_chunk.lower(params, rest, opt, es, data.static_batch, live, 0).compile(options)
     validate = validate.lower(params, rest, es, data.eval["val"], 1).compile(options)
 
   def step():
-    *new, _ = train_chunk(*state["p"], es["active"], data.static_batch, live)
+    *new, _, _ = train_chunk(*state["p"], es, data.static_batch, live, 0)
     state["p"] = tuple(new)
     return new[0]
 

@@ -2,6 +2,8 @@
 running ``attnlab`` register them too). Not part of the library.
 
 Task ``runner_toy``: sequences x [B, 6, 3] ~ N(0, 1); label = 1 if the first feature sums to > 0.
+Knobs ``nan_seed``, ``nan_step``: that seed's training inputs are NaN from that step on (a seed
+whose loss diverges, for the fault tests).
 Model ``runner_toy_model``: Linear -> attnlab MultiHeadAttention (self) -> mean pool -> dropout -> Linear.
 """
 
@@ -14,17 +16,23 @@ from attnlab.data.base import Task, rng_for
 
 
 class ToyTask(Task):
+  nan_seed, nan_step = -1, 0
 
   def batch(self, split, step, batch_size, seed=0):
     self.check_split(split)
     r = rng_for(seed if split == "train" else 0, split, step)
     x = r.normal(size=(batch_size, 6, 3)).astype(np.float32)  # [B, L, F]
-    return {"inputs": x, "label": (x[:, :, 0].sum(1) > 0).astype(np.int32)}
+    label = (x[:, :, 0].sum(1) > 0).astype(np.int32)
+    if split == "train" and seed == self.nan_seed and step >= self.nan_step:
+      x[:] = np.nan
+    return {"inputs": x, "label": label}
 
 
-def make_toy(eval_size=64):
-  return ToyTask("runner_toy", "classifier", {"input_dim": 3, "num_classes": 2, "seq_len": 6},
+def make_toy(eval_size=64, nan_seed=-1, nan_step=0):
+  task = ToyTask("runner_toy", "classifier", {"input_dim": 3, "num_classes": 2, "seq_len": 6},
                  eval_size=eval_size)
+  task.nan_seed, task.nan_step = nan_seed, nan_step
+  return task
 
 
 class ToyModel(nnx.Module):

@@ -61,6 +61,12 @@ def test_train_writes_result_and_config_paths_resolve_from_anywhere(tmp_path, mo
     (["train", "--config=configs/nope.py", "--workdir=W"], "config file 'configs/nope.py' not found"),
     (["fly"], "unknown or missing command 'fly'"),
     (["sweep", f"--config={SMOKE}", "--workdir=W", "--shard=3/2"], "--shard '3/2'"),
+    (["train", f"--config={TOY}", "--workdir=W", "--config.optim.learning_rate=nan"],
+     r"config: optim.learning_rate must be a finite number, got nan \(valid range \(0, inf\)\)"),
+    (["train", f"--config={TOY}", "--workdir=W", "--config.optim.b2=1.5"],
+     r"config: optim.b2=1.5 is out of range; valid: \[0, 1\)"),
+    (["train", f"--config={TOY}", f"--workdir=W/{'a' * 256}"],
+     "path too long \\(a path component may have at most 255 bytes\\): .*/w/aaaa"),
 ])
 def test_bad_input_gives_a_clear_error(args, message, tmp_path):
   args = [a.replace("=W", f"={tmp_path / 'w'}") for a in args]
@@ -85,6 +91,31 @@ def test_help_lists_the_commands_and_a_commands_main_flags():
   assert out.returncode == 0 and out.stdout.startswith("usage: attnlab train --config=")
   flags_listed = re.findall(r"^  --(\w+):", out.stdout, re.M)
   assert flags_listed == ["config", "workdir", "distributed", "verbosity"]  # not absl's flag dump
+
+
+@pytest.mark.parametrize("source, extra, message", [
+    ("raise RuntimeError('boom')\n", [], "config file '.*/bad.py' raised RuntimeError: boom"),
+    ("def get_config(:\n", [], "config file '.*/bad.py': syntax error at line 1: invalid syntax"),
+    ("x = 1\n", ["--config.train.steps=3"], r"config file '.*/bad.py' has no get_config\(arg=None\)"),
+    ("def get_config():\n  return {}['task']\n", [],
+     r"config file '.*/bad.py': get_config\(None\) raised KeyError: 'task'"),
+])
+def test_broken_config_files_are_one_clear_line(source, extra, message, tmp_path):
+  (tmp_path / "bad.py").write_text(source)
+  out = attnlab("train", f"--config={tmp_path / 'bad.py'}", f"--workdir={tmp_path / 'w'}", *extra,
+                timeout=120)
+  assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+  assert re.fullmatch(f"attnlab: error: {message}\n", out.stderr), out.stderr[-2000:]
+  assert not (tmp_path / "w").exists()
+
+
+def test_workdir_that_is_a_file_is_refused(tmp_path):
+  (tmp_path / "file").write_text("mine")
+  out = attnlab("train", f"--config={TOY}", f"--workdir={tmp_path / 'file'}", timeout=120)
+  assert out.returncode == 2 and "Traceback" not in out.stderr
+  assert out.stderr.startswith(f"attnlab: error: --workdir '{tmp_path / 'file'}' is a file, not a directory")
+  assert out.stderr.count("\n") == 1  # one line
+  assert (tmp_path / "file").read_text() == "mine"
 
 
 def test_sweep_killed_after_first_line_then_resumed(tmp_path):

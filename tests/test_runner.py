@@ -181,7 +181,7 @@ def test_shards_union_to_the_full_sweep(tmp_path):
   want = sorted((results.canonical(r.point), seed) for r in sweep.expand(s) for seed in (0, 1))
   assert got == want
   again = sweep.run_sweep(s, str(tmp_path), progress=False)  # everything done: nothing retrained
-  assert again == {"runs": 3, "trained": 0, "skipped": 3}
+  assert again == {"runs": 3, "trained": 0, "skipped": 3, "busy": 0}
   assert len(results.read_lines(tmp_path / "results.jsonl")) == 6
   # a run whose result.json exists but whose lines are missing is recorded without retraining
   text = (tmp_path / "results.jsonl").read_text().splitlines(keepends=True)
@@ -258,11 +258,12 @@ def test_t_quantile_closed_forms():
 
 def test_append_line_survives_a_torn_line(tmp_path):
   path = tmp_path / "r.jsonl"
-  results.append_line(path, {"run": {"a": 1}, "seed": 0})
+  line = lambda a, seed: {"run": {"group": "g", "task": "t", "a": a}, "seed": seed, "metrics": {}}
+  results.append_line(path, line(1, 0))
   with open(path, "a") as f:
     f.write('{"run": {"a": 2}, "se')  # a machine crash mid-line
-  results.append_line(path, {"run": {"a": 3}, "seed": 1})
-  with pytest.warns(UserWarning, match="incomplete line"):
+  results.append_line(path, line(3, 1))
+  with pytest.warns(UserWarning, match="r.jsonl:2: skipping an incomplete line"):
     recs = results.read_lines(path)
   assert [r["run"]["a"] for r in recs] == [1, 3]
 
