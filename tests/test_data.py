@@ -317,6 +317,15 @@ def test_restricted_unpickler_reads_plain_python3_pickles(tmp_path):
   np.testing.assert_array_equal(array, obj[1])
 
 
+def test_absurd_declared_shape_is_refused_before_allocating(cora_copy):
+  import scipy.sparse  # only to write the pickle: the loader reads it without SciPy
+  empty = scipy.sparse.csr_matrix((200_000, 200_000), dtype=np.float32)  # 149 GiB dense
+  (cora_copy / "ind.cora.tx").write_bytes(pickle.dumps(empty, protocol=4))
+  with pytest.raises(ValueError, match=r"ind\.cora\.tx': csr_matrix declares shape 200000x200000 "
+                     r"\(40,000,000,000 entries\), more than the 268,435,456"):
+    load_planetoid("cora", cora_copy)
+
+
 @pytest.mark.parametrize("part", ["allx", "graph", "ty"])
 def test_truncated_file_named(cora_copy, part):
   path = cora_copy / f"ind.cora.{part}"
@@ -421,6 +430,9 @@ def test_citeseer_isolated_test_nodes_are_padded(tmp_path):
   assert g.test_index.tolist() == [502, 504] and g.train_index.tolist() == [0, 1]
   assert g.val_index.tolist() == list(range(2, 502))
   assert sorted(map(tuple, g.edges.T.tolist())) == [(0, 1), (1, 0), (502, 504), (504, 502)]
+  (tmp_path / "ind.citeseer.test.index").write_text("504\n100000000000\n")  # 1e11 nodes to pad
+  with pytest.raises(ValueError, match=r"test\.index ids span 99,999,999,497 nodes \(504\.\.100000000000\)"):
+    load_planetoid("citeseer", tmp_path)
 
 
 def test_planetoid_sparse_features_hold_the_dense_features():

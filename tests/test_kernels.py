@@ -1,4 +1,7 @@
-"""The shared contract of every registered score × normalizer × target, and NumPy references."""
+"""The shared contract of every registered score × normalizer × target (in every floating dtype),
+and NumPy references."""
+
+import functools
 
 import chex
 import jax
@@ -8,6 +11,7 @@ import pytest
 
 from attnlab import kernels, prng, registry
 from tests import reference
+from tests.conftest import FAST_COMPILE
 
 SCORES = registry.names("score")
 NORMALIZERS = registry.names("normalizer")
@@ -15,9 +19,9 @@ TARGETS = registry.names("target")
 B, LQ, LK, H, HKV, D, DV = 2, 3, 5, 4, 2, 6, 3
 
 
-def _inputs(seed=0, dtype=jnp.float32, scale=1.0):
+def _inputs(seed=0, dtype=jnp.float32):
   kq, kk, kv = jax.random.split(jax.random.key(seed), 3)
-  q = scale * jax.random.normal(kq, (B, LQ, H, D), dtype)  # [B, Lq, H, D]
+  q = jax.random.normal(kq, (B, LQ, H, D), dtype)  # [B, Lq, H, D]
   k = jax.random.normal(kk, (B, LK, HKV, D), dtype)  # [B, Lk, Hkv, D]
   v = jax.random.normal(kv, (B, LK, HKV, DV), dtype)  # [B, Lk, Hkv, Dv]
   return q, k, v
@@ -116,24 +120,6 @@ def test_gradients_match_finite_differences(score, normalizer):
                                 eps=1e-6)
 
 
-@pytest.mark.parametrize("normalizer", NORMALIZERS)
-@pytest.mark.parametrize("score", SCORES)
-def test_extreme_inputs_stay_finite(score, normalizer):
-  q, k, v = _inputs(seed=6, scale=1e4 / np.sqrt(D))  # logits of order ±1e4
-  params = _params(score)
-  mask = jnp.ones((B, H, LQ, LK), bool).at[0, :, 0].set(False)  # fully masked rows
-
-  def loss(q, k, v):
-    out, w = kernels.attention(q, k, v, score=score, normalizer=normalizer, params=params,
-                               mask=mask, return_weights=True)
-    return jnp.sum(out ** 2), (out, w)
-
-  grads, (out, w) = jax.grad(loss, argnums=(0, 1, 2), has_aux=True)(q, k, v)
-  chex.assert_tree_all_finite((out, w, grads))
-  np.testing.assert_array_equal(np.asarray(out)[0, 0], 0.0)
-  np.testing.assert_array_equal(np.asarray(w)[0, :, 0], 0.0)
-
-
 @pytest.mark.parametrize("target", TARGETS)
 def test_length_one_and_cross_shapes(target):
   q = jax.random.normal(jax.random.key(0), (1, 1, 2, 4))  # one query
@@ -141,3 +127,97 @@ def test_length_one_and_cross_shapes(target):
   v = jax.random.normal(jax.random.key(2), (1, 1, 2, 9))  # v_dim != dim
   out = kernels.attention(q, k, v, target=target, rng=jax.random.key(0))
   np.testing.assert_allclose(out, v, rtol=1e-6)  # the only key gets all the weight
+
+
+# Every score x normalizer x target (dense, and blocked where it applies) in each floating dtype,
+# at logits of order ±1e4, with zero query/key vectors, fully masked rows and length 1. One jitted
+# program per (dtype, score) holds all its combinations, since compile time dominates at these
+# shapes (and XLA:CPU's legacy emitters compile them in about half the time).
+EVERY_DTYPE = ("float16", "bfloat16", "float32")
+BLOCKED = {("softmax", "soft"), ("sigmoid", "soft")}
+COMPILE = {**FAST_COMPILE, **({"xla_cpu_use_fusion_emitters": False}
+                             if jax.default_backend() == "cpu" else {})}
+
+
+def _extreme_inputs(dtype):
+  rs = np.random.RandomState(6)  # NumPy: no compile for the inputs
+  q = rs.standard_normal((B, LQ, 2, D)) * 1e4 / np.sqrt(D)  # logits ~ ±1e4; 2 heads, 1 kv head
+  k, v = rs.standard_normal((B, LK, 1, D)), rs.standard_normal((B, LK, 1, DV))
+  q[0, 1], k[1, 2] = 0.0, 0.0  # a zero query (all heads) and a zero key
+  mask = np.ones((B, 2, LQ, LK), bool)
+  mask[0, :, 0] = mask[1, 1, 2] = False  # fully masked rows
+  return tuple(jnp.asarray(x, dtype) for x in (q, k, v)) + (mask,)
+
+
+@pytest.mark.parametrize("dtype", EVERY_DTYPE)
+@pytest.mark.parametrize("score", SCORES)
+def test_every_combination_is_finite_with_zero_masked_rows(score, dtype):
+  q, k, v, mask = _extreme_inputs(dtype)
+  combos = [(n, t, impl) for n in NORMALIZERS for t in TARGETS
+            for impl in (("dense", "blocked") if (n, t) in BLOCKED else ("dense",))]
+
+  @functools.partial(jax.jit, compiler_options=COMPILE)
+  def run(q, k, v, params):
+    results = {}
+    for n, t, impl in combos:
+      def loss(q, k, v, params):
+        kw = dict(score=score, normalizer=n, target=t, params=params, rng=prng.key(3), impl=impl)
+        out = kernels.attention(q, k, v, mask=mask, return_weights=impl == "dense", **kw)
+        out, w = out if impl == "dense" else (out, None)
+        one = kernels.attention(q[:1, :1], k[:1, :1], v[:1, :1], **kw)  # length 1
+        sq = lambda x: jnp.sum(jnp.square(x.astype(jnp.float32)))
+        return sq(out) + sq(one), (out, w, one)
+
+      grads, aux = jax.grad(loss, argnums=(0, 1, 2, 3), has_aux=True)(q, k, v, params)
+      results[n, t, impl] = aux + (grads,)
+    return results
+
+  for (n, t, impl), (out, w, one, grads) in run(q, k, v, _params(score, dtype)).items():
+    where = f"{score}/{n}/{t}/{impl} in {dtype}"
+    assert out.dtype == one.dtype == jnp.dtype(dtype), where
+    chex.assert_tree_all_finite((out, w, one, grads), custom_message=where)
+    out = np.asarray(out, np.float32)
+    np.testing.assert_array_equal(out[0, 0], 0.0, err_msg=where)  # fully masked rows
+    np.testing.assert_array_equal(out[1, 2, 1], 0.0, err_msg=where)
+    if w is not None:
+      assert w.dtype == jnp.dtype(dtype), where
+      w = np.asarray(w, np.float32)
+      np.testing.assert_array_equal(w[0, :, 0], 0.0, err_msg=where)
+      np.testing.assert_array_equal(w[1, 1, 2], 0.0, err_msg=where)
+    if n != "sigmoid":  # the only key gets all the weight
+      np.testing.assert_array_equal(np.asarray(one, np.float32)[0, 0],
+                                    np.repeat(np.asarray(v, np.float32)[0, :1, 0], 2, 0), err_msg=where)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_low_precision_weights_are_the_float32_weights_rounded_once(dtype):
+  """Low-precision inputs are normalised in float32 (as jax.nn.dot_product_attention): the weights
+  equal the float32 weights of the same inputs up to their one rounding, over 300 keys (float16
+  sums, and bfloat16 counts past 256, would be off by many ulps)."""
+  rs = np.random.RandomState(1)
+  q, k, v = (jnp.asarray(rs.standard_normal(s), dtype)
+             for s in ((1, 4, 1, 8), (1, 300, 1, 8), (1, 300, 1, 2)))
+  q = q * jnp.asarray([[[[0.01]], [[0.1]], [[1.0]], [[10.0]]]], dtype)  # from wide to narrow support
+
+  @functools.partial(jax.jit, compiler_options=COMPILE)
+  def run(q, k, v):
+    return {n: kernels.attention(q, k, v, score="dot", normalizer=n, return_weights=True)
+            for n in NORMALIZERS}
+
+  low, ref = run(q, k, v), run(*(x.astype(jnp.float32) for x in (q, k, v)))
+  eps, sub = (float(getattr(jnp.finfo(dtype), a)) for a in ("eps", "smallest_subnormal"))
+  for n in NORMALIZERS:
+    (out, w), (ref_out, ref_w) = low[n], ref[n]
+    assert out.dtype == w.dtype == jnp.dtype(dtype), n
+    np.testing.assert_allclose(np.asarray(w, np.float32), ref_w, rtol=eps, atol=sub, err_msg=n)
+    np.testing.assert_allclose(np.asarray(out, np.float32), ref_out, rtol=0,
+                               atol=4 * eps * float(jnp.max(jnp.abs(ref_out))), err_msg=n)
+
+
+def test_weight_dropout_at_rate_one_gives_zeros_and_zero_gradients_in_every_dtype():
+  for dtype in EVERY_DTYPE:
+    w = jnp.full((3, 4), 0.25, dtype)
+    drop = lambda w: kernels.dropout_weights(w, prng.key(0), 1.0)
+    grad = jax.grad(lambda w: jnp.sum(drop(w).astype(jnp.float32)))(w)
+    np.testing.assert_array_equal(np.asarray(drop(w), np.float32), 0.0, err_msg=dtype)
+    np.testing.assert_array_equal(np.asarray(grad, np.float32), 0.0, err_msg=dtype)  # not NaN

@@ -1,5 +1,7 @@
 """attnlab.kernels.segments: scatter-free segment sums against plain NumPy, with gradients."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,6 +10,7 @@ from jax.test_util import check_grads
 
 from attnlab import kernels
 from attnlab.kernels import segments
+from tests.conftest import FAST_COMPILE
 
 N_OUT, N_IN, L = 9, 7, 40
 
@@ -139,3 +142,31 @@ def test_bad_incidence_is_refused_by_name():
     segments.gather_sum(jnp.zeros((2, 3)), jnp.zeros((2, 4)), inc)
   with pytest.raises(ValueError, match="segment_softmax: scores must have 2 rows"):
     segments.segment_softmax(jnp.zeros((5,)), inc)
+
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_low_precision_segment_softmax_is_the_float32_softmax_rounded_once(dtype):
+  """Both graph softmaxes (incidence and jax.ops) normalise float16/bfloat16 scores in float32: over
+  a 600-entry segment, and one at scores of ±1e3, the weights are the float32 weights up to their
+  one rounding (float16 sums would be off by many ulps), gradients are finite, segment 2 is empty."""
+  out = np.repeat([0, 1], [600, 40])
+  inc = segments.incidence(out, np.arange(len(out)) % N_IN, 3, N_IN)
+  s = np.random.default_rng(5).normal(size=(len(out), 2))
+  s[600:] *= 1e3
+  s = jnp.asarray(s, dtype)
+
+  @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
+  def run(s):
+    results = {}
+    for name, softmax in (("incidence", lambda s: segments.segment_softmax(s, inc)),
+                          ("jax.ops", lambda s: kernels.segment_softmax(s, jnp.asarray(out), 3))):
+      grad = jax.grad(lambda s: jnp.sum(jnp.sin(softmax(s).astype(jnp.float32))))(s)
+      results[name] = softmax(s), grad, softmax(s.astype(jnp.float32))
+    return results
+
+  eps, sub = (float(getattr(jnp.finfo(dtype), a)) for a in ("eps", "smallest_subnormal"))
+  for name, (alpha, grad, ref) in run(s).items():
+    assert alpha.dtype == grad.dtype == jnp.dtype(dtype), name
+    assert np.isfinite(np.asarray(grad, np.float32)).all(), name
+    np.testing.assert_allclose(np.asarray(alpha, np.float32), ref, rtol=eps, atol=sub, err_msg=name)

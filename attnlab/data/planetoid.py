@@ -53,6 +53,8 @@ def _dense(obj: object, path: pathlib.Path, one_hot: bool) -> np.ndarray:
                        f"got {type(obj).__name__}")
   except ValueError as e:
     raise ValueError(f"planetoid: {str(path)!r}: {e}") from None
+  except MemoryError as e:
+    raise ValueError(f"planetoid: {str(path)!r}: the matrix does not fit in memory ({e})") from None
   return array
 
 
@@ -111,6 +113,9 @@ def load_planetoid(name: str, directory: str | os.PathLike | None = None, *,
     raise fail(f"test.index has {len(test_reorder)} ids but tx has {len(tx)} rows")
   if name == "citeseer":  # pad isolated test nodes (no row in tx) with zeros, as Kipf & Welling
     span = test_range[-1] - test_range[0] + 1
+    if span * tx.shape[1] > safe_pickle.MAX_DENSE_ELEMENTS:
+      raise fail(f"test.index ids span {span:,} nodes ({test_range[0]}..{test_range[-1]}), too many "
+                 f"to pad with zero feature rows")
     tx_full = np.zeros((span, tx.shape[1]), np.float32)
     ty_full = np.zeros((span, ty.shape[1]), np.float32)
     tx_full[test_range - test_range[0]] = tx

@@ -22,6 +22,11 @@ from typing import Any
 import numpy as np
 
 
+# Largest dense matrix SparseCSR.toarray builds (1 GiB of float32): over 20x the largest Planetoid
+# matrix (Citeseer's 3327 x 3703), so a declared shape beyond it is refused before allocating.
+MAX_DENSE_ELEMENTS = 2 ** 28
+
+
 class UnsafePickleError(ValueError):
   """A pickle names a global that is not admitted (nothing from it was called)."""
 
@@ -43,8 +48,12 @@ class SparseCSR:
     return shape
 
   def toarray(self, dtype: Any = np.float32) -> np.ndarray:
-    """The dense matrix [rows, cols] (duplicate entries summed, as SciPy does)."""
+    """The dense matrix [rows, cols] (duplicate entries summed, as SciPy does); a ValueError for a
+    declared shape over ``MAX_DENSE_ELEMENTS`` entries."""
     rows, cols = self.shape
+    if rows * cols > MAX_DENSE_ELEMENTS:
+      raise ValueError(f"csr_matrix declares shape {rows}x{cols} ({rows * cols:,} entries), more than "
+                       f"the {MAX_DENSE_ELEMENTS:,} a dense feature matrix may have")
     fmt = self.state.get("format", "csr")
     if fmt != "csr":
       raise ValueError(f"sparse matrix has format {fmt!r}, expected 'csr'")

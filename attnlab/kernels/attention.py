@@ -29,7 +29,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from attnlab.kernels import _params
+from attnlab.kernels import _dtypes, _params
 from attnlab.kernels import blocked as _blocked
 from attnlab.kernels import normalizers as _normalizers
 from attnlab.kernels import scores as _scores
@@ -51,10 +51,11 @@ def attend_one_head(q, k, v, mask, *, score, normalizer, target, params=None, rn
     mask: [Lq, Lk] bool (True = may attend).
     score, normalizer, target: a Score, Normalizer and Target (see their modules).
   Returns:
-    (z [Lq, Dv], alpha [Lq, Lk], aux dict of [Lq] arrays from the target).
+    (z [Lq, Dv], alpha [Lq, Lk], aux dict of [Lq] arrays from the target). The scores are
+    normalised in float32 at least and alpha is returned in v's dtype (as jax.nn does).
   """
-  s = score(params, q, k)  # [Lq, Lk]
-  alpha = normalizer.fn(s, mask, **(normalizer_kwargs or {}))  # [Lq, Lk]
+  s = _dtypes.upcast(score(params, q, k))  # [Lq, Lk]
+  alpha = normalizer.fn(s, mask, **(normalizer_kwargs or {})).astype(v.dtype)  # [Lq, Lk]
   z, aux = target.fn(alpha, v, rng=rng, deterministic=deterministic, **(target_kwargs or {}))
   return z, alpha, aux
 
@@ -204,7 +205,8 @@ def attention(query: Array, key: Array, value: Array, *, score: str = "scaled_do
 
   Returns:
     output [B, Lq, H, Dv]; ``(output, weights)`` with return_weights; ``(output, [weights,] aux)``
-    with return_aux. Rows with nothing to attend to give zero output and zero weights.
+    with return_aux. Rows with nothing to attend to give zero output and zero weights. Output and
+    weights have the inputs' dtype; float16/bfloat16 scores are normalised in float32.
   """
   _check_inputs(query, key, value)
   score_fn = _scores.get_score(score)

@@ -35,7 +35,9 @@ from attnlab.kernels import fastmath, scores
 Array = jax.Array
 
 LOG2E = math.log2(math.e)
-_NEG = -1e30  # initial running max (log2 units): finite, so 2^(m_old − m_new) is never NaN
+# Initial running max (log2 units): finite, so 2^(m_old − m_new) is never NaN. The running
+# statistics are float32 for every input dtype (float16 inputs too), so one constant serves all.
+_NEG = -1e30
 
 
 def cdiv(a: int, b: int) -> int:

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from attnlab import registry
+from attnlab.kernels import _dtypes
 from attnlab.kernels import targets as _targets
 
 Array = jax.Array
@@ -43,7 +44,7 @@ def dropout_weights(weights: Array, rng: Array, rate: float | Array, *,
   keep_prob = 1.0 - jnp.asarray(rate, weights.dtype)
   keep = jax.random.bernoulli(rng, keep_prob, weights.shape)
   dropped = jnp.where(materialize(keep) if once else keep,
-                      weights / jnp.maximum(keep_prob, 1e-12), 0.0)
+                      weights / jnp.maximum(keep_prob, _dtypes.divisor_floor(weights.dtype)), 0.0)
   return materialize(dropped) if once else dropped
 
 

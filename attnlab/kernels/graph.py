@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from attnlab import registry
-from attnlab.kernels import _params
+from attnlab.kernels import _dtypes, _params
 from attnlab.kernels import normalizers as _normalizers
 from attnlab.kernels import segments
 from attnlab.kernels.dropout import dropout_weights
@@ -133,7 +133,9 @@ def segment_softmax(scores: Array, segment_ids: Array, num_segments: int, *,
   """Softmax of ``scores`` [E, ...] within each segment (all entries sharing a segment id).
 
   ``mask`` [E] bool drops entries (weight 0). Segments with no (unmasked) entry get nothing.
+  Low-precision scores are normalised in float32; α has the scores' dtype.
   """
+  dtype, scores = scores.dtype, _dtypes.upcast(scores)
   if mask is not None:
     scores = jnp.where(mask.reshape(mask.shape + (1,) * (scores.ndim - 1)), scores, -jnp.inf)
   seg = dict(num_segments=num_segments, indices_are_sorted=indices_are_sorted)
@@ -141,7 +143,7 @@ def segment_softmax(scores: Array, segment_ids: Array, num_segments: int, *,
   m = jax.lax.stop_gradient(jnp.where(jnp.isfinite(m), m, 0.0))
   e = jnp.exp(scores - m[segment_ids])  # [E, ...], 0 where masked
   total = jax.ops.segment_sum(e, segment_ids, **seg)  # [N, ...]
-  return e / jnp.where(total > 0, total, 1.0)[segment_ids]
+  return (e / jnp.where(total > 0, total, 1.0)[segment_ids]).astype(dtype)
 
 
 def edge_scores(h: Array, edges: Array | segments.Incidence, *, score: str = "additive",

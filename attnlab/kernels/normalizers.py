@@ -2,7 +2,8 @@
 
 Every normaliser takes ``scores`` [Lq, Lk] and a boolean ``mask`` [Lq, Lk] (True = may attend)
 and returns weights [Lq, Lk] that are exactly zero where masked. A row with nothing to attend to
-gets all-zero weights, never NaN.
+gets all-zero weights, never NaN. Low-precision scores (float16, bfloat16) are normalised in float32
+and the weights returned in the scores' dtype (``_dtypes.in_compute_dtype``).
 
 | name        | α_ij                                                      | exact zeros | online (blocked) |
 |-------------|-----------------------------------------------------------|-------------|------------------|
@@ -20,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from attnlab import registry
+from attnlab.kernels import _dtypes
 
 Array = jax.Array
 
@@ -34,6 +36,7 @@ def _row_max(scores, mask):  # [Lq, Lk] -> [Lq, 1], 0 for rows with no valid ent
   return jax.lax.stop_gradient(jnp.where(jnp.isfinite(m), m, 0.0))
 
 
+@_dtypes.in_compute_dtype
 def softmax(scores: Array, mask: Array) -> Array:
   z = jnp.where(mask, scores - _row_max(scores, mask), -jnp.inf)
   e = jnp.exp(z)  # exactly 0 where masked
@@ -94,12 +97,13 @@ def _simplex_jvp(forward, slope):
   return f
 
 
-sparsemax = _simplex_jvp(_sparsemax, lambda p: (p > 0).astype(p.dtype))
+sparsemax = _dtypes.in_compute_dtype(_simplex_jvp(_sparsemax, lambda p: (p > 0).astype(p.dtype)))
 sparsemax.__doc__ = "Sparsemax of scores [Lq, Lk] under mask [Lq, Lk]: exact zeros outside the support."
-entmax15 = _simplex_jvp(_entmax15, jnp.sqrt)
+entmax15 = _dtypes.in_compute_dtype(_simplex_jvp(_entmax15, jnp.sqrt))
 entmax15.__doc__ = "1.5-entmax of scores [Lq, Lk] under mask [Lq, Lk]: exact zeros outside the support."
 
 
+@_dtypes.in_compute_dtype
 def sigmoid(scores: Array, mask: Array, bias: float | Array | None = None) -> Array:
   if bias is None:
     bias = -jnp.log(jnp.asarray(scores.shape[-1], scores.dtype))

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from attnlab import registry
+from attnlab.kernels import _dtypes
 
 Array = jax.Array
 
@@ -39,9 +40,10 @@ def _identity(params, x):
 
 
 def dot_pairwise(params, fq, fk):  # [Lq, F], [Lk, F] -> [Lq, Lk]
-  """fq · fkᵀ: the dot-product family's pairwise stage (the blocked kernel has a fast path for it)."""
+  """fq · fkᵀ: the dot-product family's pairwise stage (the blocked kernel has a fast path for it),
+  accumulated and returned in at least float32 (float16 logits would overflow past 65504)."""
   del params
-  return fq @ fk.T
+  return jnp.matmul(fq, fk.T, preferred_element_type=_dtypes.compute_dtype(jnp.result_type(fq, fk)))
 
 
 def _tanh_pairwise(params, fq, fk):  # [Lq, A], [Lk, A] -> [Lq, Lk]
@@ -95,8 +97,12 @@ def _init_concat(rng, dim, hidden=None):
   return {"W": _normal(r_w, (2 * dim, hidden), 2 * dim), "v": _normal(r_v, (hidden,), hidden)}
 
 
-def _unit(x):  # rows of x scaled to unit L2 norm; a zero row stays zero
-  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), 1e-12))
+def _unit(x):
+  """Rows of x scaled to unit L2 norm (norm in float32 at least; a zero row stays zero, with a
+  finite gradient: the floor is per dtype), in x's dtype."""
+  x32 = _dtypes.upcast(x)
+  sq = jnp.sum(x32 * x32, axis=-1, keepdims=True)
+  return (x32 * jax.lax.rsqrt(jnp.maximum(sq, _dtypes.sq_norm_floor(x.dtype)))).astype(x.dtype)
 
 
 registry.register("score", "dot", Score(pairwise=dot_pairwise))

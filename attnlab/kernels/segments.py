@@ -35,6 +35,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from attnlab.kernels import _dtypes
+
 Array = jax.Array
 SIDES = ("out", "in")
 WIDTHS = (4, 8, 16, 32)
@@ -214,10 +216,15 @@ def segment_max(x: Array, inc: Incidence, side: str = "out") -> Array:
   return _reduce(x, inc, side, "max")
 
 
-@jax.custom_vjp
 def segment_softmax(scores: Array, inc: Incidence) -> Array:
-  """scores [L, ...] -> α [L, ...]: softmax over the entries sharing an out row."""
+  """scores [L, ...] -> α [L, ...]: softmax over the entries sharing an out row (in float32 at
+  least; α has the scores' dtype)."""
   _check_rows("segment_softmax", "scores", scores, inc.out_index.shape[0], "one per entry")
+  return _segment_softmax(_dtypes.upcast(scores), inc).astype(scores.dtype)
+
+
+@jax.custom_vjp
+def _segment_softmax(scores: Array, inc: Incidence) -> Array:
   m = jax.lax.stop_gradient(segment_max(scores, inc))  # [n_out, ...]
   m = jnp.where(jnp.isfinite(m), m, 0.0)
   e = jnp.exp(scores - _rows(m, inc.out_index))  # [L, ...]
@@ -232,11 +239,11 @@ def _softmax_bwd(res, g):
 
 
 def _softmax_fwd(scores, inc):
-  alpha = segment_softmax(scores, inc)
+  alpha = _segment_softmax(scores, inc)
   return alpha, (alpha, inc)
 
 
-segment_softmax.defvjp(_softmax_fwd, _softmax_bwd)
+_segment_softmax.defvjp(_softmax_fwd, _softmax_bwd)
 
 
 @jax.custom_vjp

@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 
 from attnlab import registry
+from attnlab.kernels import _dtypes
+from attnlab.kernels import normalizers as _normalizers
 
 Array = jax.Array
 
@@ -46,7 +48,7 @@ def _pick(weights, value, index):
 
 
 def hard(weights, value, *, rng=None, deterministic=False):
-  logits = jnp.where(weights > 0, _safe_log(weights), -jnp.inf)  # [Lq, Lk]
+  logits = jnp.where(weights > 0, _dtypes.upcast(_safe_log(weights)), -jnp.inf)  # [Lq, Lk]
   if deterministic:
     index = jnp.argmax(weights, axis=-1)
   else:
@@ -58,15 +60,18 @@ def hard(weights, value, *, rng=None, deterministic=False):
 
 
 def hard_st(weights, value, *, rng=None, deterministic=False, temperature=1.0):
-  logits = jnp.where(weights > 0, _safe_log(weights), -1e9)  # [Lq, Lk]
+  # The relaxation is a masked softmax in float32 at least: no fill value, so no -inf or overflow
+  # in any dtype, and a row with no positive weight relaxes to zeros.
+  support = weights > 0  # [Lq, Lk]
+  logits = _dtypes.upcast(_safe_log(weights))  # [Lq, Lk], 0 outside the support
   if not deterministic:
     logits = logits + jax.random.gumbel(rng, logits.shape, logits.dtype)
-  relaxed = jax.nn.softmax(logits / temperature, axis=-1)  # [Lq, Lk]
-  index = jnp.argmax(logits, axis=-1)
-  one_hot = jax.nn.one_hot(index, weights.shape[-1], dtype=weights.dtype)
-  valid = jnp.any(weights > 0, axis=-1, keepdims=True)
+  relaxed = _normalizers.softmax(logits / temperature, support)  # [Lq, Lk]
+  index = jnp.argmax(jnp.where(support, logits, -jnp.inf), axis=-1)
+  one_hot = jax.nn.one_hot(index, weights.shape[-1], dtype=relaxed.dtype)
+  valid = jnp.any(support, axis=-1, keepdims=True)
   st = (one_hot + relaxed - jax.lax.stop_gradient(relaxed)) * valid  # hard forward, soft backward
-  return st @ value, {"index": index}
+  return st.astype(weights.dtype) @ value, {"index": index}
 
 
 registry.register("target", "soft", Target(soft))
