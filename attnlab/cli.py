@@ -46,8 +46,11 @@ _COMMANDS = {
 COMMANDS = tuple(_COMMANDS)
 _USAGE = "usage:\n" + "\n".join(f"  {usage}" for usage, _, _ in _COMMANDS.values())
 
+# New keys are accepted only where the config is open: a member's options under model.attention
+# (*_kwargs, attnlab.config.OptionsDict; AttentionSpec checks their names). Everywhere else a new key
+# is refused as before: config files lock themselves, and _parse checks every override's key.
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:arg]).",
-                                          lock_config=True)
+                                          lock_config=False, accept_new_attributes=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory of the run or sweep.")
 _SHARD = flags.DEFINE_string("shard", None, "sweep: run every n-th run, i/n (0 <= i < n).")
 _PROGRESS = flags.DEFINE_bool("progress", True, "sweep: show a progress bar.")
@@ -230,7 +233,11 @@ def _parse(argv: list[str]) -> list[str]:
     sys.exit(0)
   try:
     argv = _resolve_config_args(argv)
-    return flags.FLAGS(argv)
+    rest = flags.FLAGS(argv)
+    bad = _bad_override(argv) if any(a.startswith("--config.") for a in argv) else None
+    if bad:
+      _die(bad)
+    return rest
   except UsageError as e:
     _die(str(e))
   except Exception as e:  # pylint: disable=broad-except  (known kinds below; others re-raised)

@@ -5,7 +5,12 @@ A run config is a locked ``ml_collections.ConfigDict`` (unknown keys and type ch
     task.name            registered task (``attnlab list``)
     task.knobs           keyword arguments of the task factory ``make(**knobs)``
     model.name           registered model; its ``family`` must be the task's
-    model.options        keyword arguments of the model constructor (num_heads, score, target, ...)
+    model.options        keyword arguments of the model constructor besides its attention (d_model, ...)
+    model.attention      the attention category, an ``attnlab.AttentionSpec``: score, normalizer, target,
+                         head_mode, head_merge, num_heads, num_kv_heads, dropout, impl, graph, and the
+                         members' options score_kwargs / normalizer_kwargs / target_kwargs (open
+                         sections: ``model.attention.score_kwargs.hidden=16`` adds the key; the
+                         member's options are checked when the spec is made)
     optim.name           adam | adamw | sgd
     optim.learning_rate  peak learning rate
     optim.weight_decay   adam/sgd: L2 added to the gradient (PyTorch ``weight_decay``); adamw: decoupled
@@ -38,6 +43,9 @@ import pathlib
 from typing import Any
 
 import ml_collections
+from ml_collections import config_dict
+
+from attnlab.attention_spec import AttentionSpec, SpecError
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine")
@@ -46,11 +54,35 @@ _PACKAGE_DIR = pathlib.Path(__file__).resolve().parent
 REPO_ROOT = _PACKAGE_DIR.parent
 
 
+class OptionsDict(ml_collections.ConfigDict):
+  """A section that stays open when its config is locked: a member's keyword options
+  (``model.attention.*_kwargs``), whose names are checked against the member by AttentionSpec.
+  Set them one by one (``c.model.attention.score_kwargs.hidden = 16``) or with ``update``."""
+
+  def lock(self) -> OptionsDict:
+    return self
+
+
+def attention_config() -> ml_collections.ConfigDict:
+  """``model.attention``: every field of ``AttentionSpec()`` with its default, kwargs as OptionsDicts."""
+  section = ml_collections.ConfigDict()
+  for key, value in AttentionSpec().to_dict().items():
+    if key.endswith("_kwargs"):
+      section[key] = OptionsDict(value, type_safe=False)
+    elif key == "num_kv_heads":  # None or an int (typed, so --config.model.attention.num_kv_heads=2 parses)
+      section[key] = config_dict.placeholder(int)
+      section[key] = value
+    else:
+      section[key] = value
+  return section
+
+
 def base_config() -> ml_collections.ConfigDict:
   """Every field with its default; config files override task, model and the rest."""
   c = ml_collections.ConfigDict()
   c.task = ml_collections.ConfigDict({"name": "", "knobs": {}})
   c.model = ml_collections.ConfigDict({"name": "", "options": {}})
+  c.model.attention = attention_config()
   c.optim = ml_collections.ConfigDict({
       "name": "adamw", "learning_rate": 1e-3, "weight_decay": 0.0, "warmup_steps": 0,
       "schedule": "constant", "clip_norm": 0.0, "b1": 0.9, "b2": 0.999})
@@ -104,7 +136,7 @@ def _check_keys(where: str, got: ml_collections.ConfigDict, want: ml_collections
     if key not in want:
       raise ValueError(f"config: unknown key {where}{key!r}; valid keys in {where.rstrip('.') or 'config'}: "
                        f"{', '.join(sorted(want.keys()))}")
-    if isinstance(want[key], ml_collections.ConfigDict) and key not in ("knobs", "options"):
+    if isinstance(want[key], ml_collections.ConfigDict) and key not in ("knobs", "options", "attention"):
       if not isinstance(got[key], ml_collections.ConfigDict):
         raise TypeError(f"config: {where}{key} must be a section, got {type(got[key]).__name__}")
       _check_keys(f"{where}{key}.", got[key], want[key])
@@ -137,6 +169,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError("config: task.name is empty; set it to a registered task (`attnlab list`)")
   if not config.model.name:
     raise ValueError("config: model.name is empty; set it to a registered model (`attnlab list`)")
+  attention_spec(config)
   _choice("optim.name", config.optim.name, OPTIMIZERS)
   _choice("optim.schedule", config.optim.schedule, SCHEDULES)
   for key in ("steps", "batch_size", "eval_every", "eval_batch_size"):
@@ -208,6 +241,19 @@ def early_stopping_metrics(config: ml_collections.ConfigDict) -> tuple[str, ...]
   return tuple(m.strip() for m in config.train.early_stopping.metrics.split(",") if m.strip())
 
 
+def attention_spec(config: ml_collections.ConfigDict) -> AttentionSpec:
+  """The AttentionSpec of ``model.attention``; a bad field is a ValueError naming its config key."""
+  try:
+    return AttentionSpec.from_config(config.model.attention)
+  except SpecError as e:
+    raise e.named("config: model.attention.") from None
+
+
+def model_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The model constructor's keyword arguments: ``model.options`` and ``attention`` (the spec)."""
+  return {**config.model.options.to_dict(), "attention": attention_spec(config)}
+
+
 def check_kwargs(what: str, fn: Any, kwargs: dict[str, Any], key: str) -> None:
   """Unknown keyword arguments for ``fn`` -> ValueError naming them and listing the accepted ones."""
   try:
@@ -216,12 +262,14 @@ def check_kwargs(what: str, fn: Any, kwargs: dict[str, Any], key: str) -> None:
     return
   if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
     return
-  valid = [n for n, p in params.items()
-           if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and n not in ("self", "spec", "rngs")]
+  valid = [n for n, p in params.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+           and n not in ("self", "spec", "rngs", "attention")]
   unknown = sorted(set(kwargs) - set(valid))
   if unknown:
+    hint = (f" (the attention category is model.attention: {', '.join(AttentionSpec.__dataclass_fields__)})"
+            if key == "model.options" else "")
     raise ValueError(f"config: unknown {key} {', '.join(map(repr, unknown))} for {what}; "
-                     f"valid: {', '.join(valid) or '(none)'}")
+                     f"valid: {', '.join(valid) or '(none)'}{hint}")
 
 
 def _choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
@@ -247,10 +295,14 @@ def _locate(config: ml_collections.ConfigDict, key: str) -> tuple[ml_collections
   parts = key.split(".")
   node = config
   for i, part in enumerate(parts):
+    if i == len(parts) - 1 and isinstance(node, OptionsDict):
+      break  # a member's options: new keys are checked by AttentionSpec
     if not isinstance(node, ml_collections.ConfigDict) or part not in node:
       where = ".".join(parts[:i]) or "config"
       valid = ", ".join(sorted(node.keys())) if isinstance(node, ml_collections.ConfigDict) else "(none)"
-      raise ValueError(f"config: unknown key {key!r} ({part!r} not in {where}; valid: {valid})")
+      moved = (f"; the attention category is model.attention.{part}"
+               if where == "model.options" and part in AttentionSpec.__dataclass_fields__ else "")
+      raise ValueError(f"config: unknown key {key!r} ({part!r} not in {where}; valid: {valid}){moved}")
     if i < len(parts) - 1:
       node = node[part]
   return node, parts[-1]

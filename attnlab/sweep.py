@@ -38,8 +38,6 @@ from attnlab import config as config_lib
 from attnlab import registry, results, runlock
 
 DEFAULT = config_lib.REPO_ROOT / "configs" / "sweeps" / "categories.py"
-_CATEGORY_OPTIONS = {"score": ("score", "graph_score"), "normalizer": ("normalizer",),
-                     "target": ("target",)}
 
 
 @dataclasses.dataclass
@@ -67,17 +65,12 @@ def _base_path(name: str) -> str:
 
 
 def check_names(config: ml_collections.ConfigDict, where: str) -> None:
-  """Unknown task, model or category names -> ValueError naming them (before anything runs)."""
+  """Unknown task or model names -> ValueError naming them (before anything runs; the attention
+  spec, model.attention, is checked by config.validate)."""
   for kind, name in (("task", config.task.name), ("model", config.model.name)):
     if name not in registry.names(kind):
       raise ValueError(f"{where}: unknown {kind} {name!r}; registered {kind}s: "
                        f"{', '.join(registry.names(kind))}")
-  for option, kinds in _CATEGORY_OPTIONS.items():
-    value = config.model.options.get(option)
-    if isinstance(value, str):
-      valid = sorted({n for k in kinds if k in registry.kinds() for n in registry.names(k)})
-      if value not in valid:
-        raise ValueError(f"{where}: unknown {option} {value!r}; registered: {', '.join(valid)}")
 
 
 def expand(sweep: ml_collections.ConfigDict) -> list[Run]:
@@ -247,8 +240,12 @@ def _train_run(run: Run, sweep: ml_collections.ConfigDict, run_dir: pathlib.Path
 
 
 def label(point: dict[str, Any]) -> str:
-  """A short variant label: the point without group/task, keys shortened to their last part."""
-  parts = [f"{k.rsplit('.', 1)[-1]}={v}" for k, v in point.items() if k not in ("group", "task")]
+  """A short variant label: the point without group/task, keys shortened to their last part (a
+  member's option keeps its section: ``model.attention.score_kwargs.hidden`` -> ``score_kwargs.hidden``)."""
+  def short(key: str) -> str:
+    parts = key.split(".")
+    return ".".join(parts[-2:]) if len(parts) > 2 and parts[-2].endswith("_kwargs") else parts[-1]
+  parts = [f"{short(k)}={v}" for k, v in point.items() if k not in ("group", "task")]
   return ", ".join(parts) or "default"
 
 

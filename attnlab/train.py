@@ -159,7 +159,7 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str
                      f"{task.name!r}: {', '.join(task.metrics)}")
   patience = config.train.early_stopping.patience
   tx = steps.make_optimizer(config.optim, total)
-  prog = steps.build(cls, task.spec, config.model.options.to_dict(), task.family, tx,
+  prog = steps.build(cls, task.spec, config_lib.model_kwargs(config), task.family, tx,
                      es_metrics=es_metrics, patience=patience, seed_axis=data.seed_axis,
                      eval_seed_axis=data.eval_seed_axis, static_train=data.static,
                      metric_names=tuple(task.metrics))

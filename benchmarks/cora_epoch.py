@@ -46,7 +46,7 @@ def programs(data_dir: str, seeds: int, options: dict | None = None, knobs: dict
     c.task.knobs[key] = value
   task = train.make_task(c)
   data = RunData(task, c, list(c.train.seeds), parallel.make_mesh())
-  prog = steps.build(train.model_class(c, task), task.spec, c.model.options.to_dict(), task.family,
+  prog = steps.build(train.model_class(c, task), task.spec, config_lib.model_kwargs(c), task.family,
                      steps.make_optimizer(c.optim, c.train.steps),
                      es_metrics=config_lib.early_stopping_metrics(c),
                      patience=c.train.early_stopping.patience, seed_axis=data.seed_axis,

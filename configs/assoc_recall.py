@@ -5,8 +5,9 @@
 A two-layer attention encoder learns 2 pairs in a few hundred steps on a CPU (under a minute); the
 default budget (400 steps) stops mid-transition, so the comparison measures how fast a category learns
 the retrieval (4 pairs need far more steps: the accuracy sits at the ~40% "guess a value present"
-plateau for over 800 steps). Options
-of the category comparison: --config.model.options.score=additive, .target=hard, .num_heads=1.
+plateau for over 800 steps). The category comparison changes the attention spec, e.g.
+--config.model.attention.score=additive, .target=hard, .num_heads=1, or a member's option such as
+--config.model.attention.score_kwargs.hidden=16 (additive's width).
 """
 
 from attnlab.config import base_config
@@ -17,9 +18,9 @@ def get_config(arg=None):
   c.task.name = "assoc_recall"
   c.task.knobs = {"num_pairs": 2, "num_keys": 8, "num_values": 8, "eval_size": 512}
   c.model.name = "encoder"
-  c.model.options = {"d_model": 32, "num_heads": 4, "num_layers": 2, "score": "scaled_dot",
-                     "normalizer": "softmax", "target": "soft", "head_mode": "split", "head_merge": "concat",
-                     "dropout_rate": 0.0, "pooling": "mean"}
+  c.model.options = {"d_model": 32, "num_layers": 2, "dropout_rate": 0.0, "pooling": "mean"}
+  c.model.attention.update(score="scaled_dot", normalizer="softmax", target="soft", num_heads=4,
+                           head_mode="split", head_merge="concat")  # fields: attnlab.AttentionSpec
   c.optim.name = "adamw"
   c.optim.learning_rate = 3e-3
   c.optim.warmup_steps = 50

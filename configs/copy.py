@@ -13,9 +13,9 @@ def get_config(arg=None):
   c.task.name = "copy"
   c.task.knobs = {"length": 8, "vocab": 8, "eval_size": 512}
   c.model.name = "seq2seq"
-  c.model.options = {"d_model": 32, "num_heads": 4, "num_layers": 1, "score": "scaled_dot",
-                     "normalizer": "softmax", "target": "soft", "head_mode": "split", "head_merge": "concat",
-                     "dropout_rate": 0.0, "source": "cross"}
+  c.model.options = {"d_model": 32, "num_layers": 1, "dropout_rate": 0.0, "source": "cross"}
+  c.model.attention.update(score="scaled_dot", normalizer="softmax", target="soft", num_heads=4,
+                           head_mode="split", head_merge="concat")  # fields: attnlab.AttentionSpec
   c.optim.name = "adamw"
   c.optim.learning_rate = 3e-3
   c.optim.warmup_steps = 50

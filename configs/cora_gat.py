@@ -38,8 +38,8 @@ def get_config(arg=None):
   c.task.knobs = {"dataset": c.get_ref("dataset"), "data_dir": c.get_ref("data_dir"),
                   "normalize_features": True, "sparse_features": True, "subgraph_hops": 2}
   c.model.name = "gat"
-  c.model.options = {"hidden": 8, "num_heads": 8, "output_heads": 1, "score": "additive",
-                     "dropout_rate": 0.6, "value_dropout": 0.6}
+  c.model.options = {"hidden": 8, "output_heads": 1, "dropout_rate": 0.6, "value_dropout": 0.6}
+  c.model.attention.update(graph=True, score="additive", num_heads=8, head_mode="copy", dropout=0.6)
   c.optim.name = "adam"
   c.optim.learning_rate = 5e-3
   c.optim.weight_decay = 5e-4

@@ -13,9 +13,9 @@ def get_config(arg=None):
   c.task.name = "digits"
   c.task.knobs = {"layout": "rows", "eval_size": 360}
   c.model.name = "encoder"
-  c.model.options = {"d_model": 32, "num_heads": 4, "num_layers": 1, "score": "scaled_dot",
-                     "normalizer": "softmax", "target": "soft", "head_mode": "split", "head_merge": "concat",
-                     "dropout_rate": 0.1}
+  c.model.options = {"d_model": 32, "num_layers": 1, "dropout_rate": 0.1}  # residual dropout
+  c.model.attention.update(score="scaled_dot", normalizer="softmax", target="soft", num_heads=4,
+                           head_mode="split", head_merge="concat", dropout=0.1)  # on the weights
   c.optim.name = "adamw"
   c.optim.learning_rate = 3e-3
   c.optim.weight_decay = 1e-4

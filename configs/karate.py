@@ -3,7 +3,7 @@
     attnlab train --config=configs/karate.py --workdir=runs/karate
 
 A two-layer graph-attention network on the whole graph; seconds on a CPU. Compare with uniform
-aggregation: --config.model.options.score=uniform.
+aggregation: --config.model.attention.score=uniform.
 """
 
 from attnlab.config import base_config
@@ -14,7 +14,8 @@ def get_config(arg=None):
   c.task.name = "karate"
   c.task.knobs = {"train_per_class": 4, "val_per_class": 4}
   c.model.name = "gat"
-  c.model.options = {"hidden": 8, "num_heads": 4, "score": "additive", "dropout_rate": 0.2}
+  c.model.options = {"hidden": 8, "dropout_rate": 0.2}
+  c.model.attention.update(graph=True, score="additive", num_heads=4, head_mode="copy", dropout=0.2)
   c.optim.name = "adam"
   c.optim.learning_rate = 1e-2
   c.optim.weight_decay = 5e-4

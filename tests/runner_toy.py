@@ -38,9 +38,9 @@ def make_toy(eval_size=64, nan_seed=-1, nan_step=0):
 class ToyModel(nnx.Module):
   family = "classifier"
 
-  def __init__(self, *, spec, rngs, d_model=8, num_heads=2, score="scaled_dot", dropout_rate=0.2):
+  def __init__(self, *, spec, rngs, attention, d_model=8, dropout_rate=0.2):
     self.embed = nnx.Linear(spec["input_dim"], d_model, rngs=rngs)
-    self.attn = modules.MultiHeadAttention(num_heads, d_model, score=score, rngs=rngs)
+    self.attn = modules.MultiHeadAttention(attention.num_heads, d_model, attention=attention, rngs=rngs)
     self.drop = nnx.Dropout(dropout_rate, rngs=rngs)
     self.out = nnx.Linear(d_model, spec["num_classes"], rngs=rngs)
 
@@ -50,9 +50,10 @@ class ToyModel(nnx.Module):
     return self.out(self.drop(h, deterministic=not train)), {}
 
 
-for _kind, _name, _obj in (("task", "runner_toy", make_toy), ("model", "runner_toy_model", ToyModel)):
-  if _name not in (registry.names(_kind) if _kind in registry.kinds() else ()):
-    registry.register(_kind, _name, _obj)
+if "runner_toy" not in registry.names("task"):
+  registry.register("task", "runner_toy", make_toy)
+if "runner_toy_model" not in registry.names("model"):
+  models.register_model("runner_toy_model")(ToyModel)
 
 
 def get_config(arg=None):
@@ -60,7 +61,8 @@ def get_config(arg=None):
   c.task.name = "runner_toy"
   c.task.knobs = {"eval_size": 64}
   c.model.name = "runner_toy_model"
-  c.model.options = {"d_model": 8, "num_heads": 2, "score": "scaled_dot", "dropout_rate": 0.2}
+  c.model.options = {"d_model": 8, "dropout_rate": 0.2}
+  c.model.attention.update(num_heads=2, score="scaled_dot")
   c.optim.learning_rate = 0.02
   c.train.steps = int(arg) if arg else 24
   c.train.batch_size = 16

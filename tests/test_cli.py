@@ -22,8 +22,10 @@ TOY = str(HERE / "runner_toy.py")
 SMOKE = REPO / "configs" / "sweeps" / "smoke.py"
 
 
-# Subprocesses share the tests' compilation cache (tests/conftest.py), not the user's ~/.cache.
-ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "ATTNLAB_CACHE_DIR": jax.config.jax_compilation_cache_dir}
+# Subprocesses share the tests' compilation cache (tests/conftest.py), not the user's ~/.cache, and
+# import this checkout's attnlab from any cwd (not another copy installed in the environment).
+ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "ATTNLAB_CACHE_DIR": jax.config.jax_compilation_cache_dir,
+       "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
 
 
 def attnlab(*args, timeout=240, cwd=None):
@@ -41,8 +43,11 @@ def test_list_prints_every_kind():
 
 def test_train_writes_result_and_config_paths_resolve_from_anywhere(tmp_path, monkeypatch):
   out = attnlab("train", f"--config={TOY}:8", f"--workdir={tmp_path}", "--config.train.seeds=(0,1,2)",
-                cwd=tmp_path)
+                "--config.model.attention.normalizer=sigmoid",  # a member's option: a new key, a float
+                "--config.model.attention.normalizer_kwargs.bias=-2.0", cwd=tmp_path)
   assert out.returncode == 0, out.stderr[-3000:]
+  attention = json.loads((tmp_path / "config.json").read_text())["model"]["attention"]
+  assert attention["normalizer"] == "sigmoid" and attention["normalizer_kwargs"] == {"bias": -2.0}
   result = json.loads((tmp_path / "result.json").read_text())
   assert result["seeds"] == [0, 1, 2] and len(result["metrics"]["test"]["accuracy"]["per_seed"]) == 3
   assert "test: " in out.stdout
@@ -58,6 +63,11 @@ def test_train_writes_result_and_config_paths_resolve_from_anywhere(tmp_path, mo
      "unknown key 'train.sead'.*valid: .*seeds.*steps"),
     (["train", f"--config={TOY}", "--workdir=W", "--config.train.steps=many"], "train.steps"),
     (["train", f"--config={TOY}", "--workdir=W", "--config.optim.name=adagrad"], "adam, adamw, sgd"),
+    (["train", f"--config={TOY}", "--workdir=W", "--config.model.attention.score=additive",
+      "--config.model.attention.score_kwargs.hiden=3"],
+     r"model.attention.score_kwargs.hiden: unknown option of score 'additive'; its options: hidden"),
+    (["train", f"--config={TOY}", "--workdir=W", "--config.model.options.score=dot"],
+     "unknown key 'model.options.score'.*the attention category is model.attention.score"),
     (["train", "--config=configs/nope.py", "--workdir=W"], "config file 'configs/nope.py' not found"),
     (["fly"], "unknown or missing command 'fly'"),
     (["sweep", f"--config={SMOKE}", "--workdir=W", "--shard=3/2"], "--shard '3/2'"),

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from attnlab import kernels, losses, registry
+from attnlab import AttentionSpec, kernels, losses, registry
 from attnlab.data import UnsafePickleError, computation_subgraph, load_planetoid, paths, safe_pickle
 from attnlab.data.base import epoch_indices
 from tests.conftest import FAST_COMPILE
@@ -496,7 +496,8 @@ def test_planetoid_subgraph_batches_give_the_whole_graph_outputs():
   whole = task("planetoid", sparse_features=True)
   sub = task("planetoid", sparse_features=True, subgraph_hops=2)
   assert sub.spec["subgraph_hops"] == 2 and whole.spec["subgraph_hops"] == 0
-  model = registry.get("model", "gat")(spec=sub.spec, rngs=nnx.Rngs(0), hidden=4, num_heads=2,
+  attention = AttentionSpec(graph=True, score="additive", num_heads=2, head_mode="copy", dropout=0.6)
+  model = registry.get("model", "gat")(spec=sub.spec, rngs=nnx.Rngs(0), attention=attention, hidden=4,
                                       value_dropout=0.6)
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 

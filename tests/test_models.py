@@ -10,7 +10,7 @@ import optax
 import pytest
 from flax import nnx
 
-from attnlab import kernels, losses, registry
+from attnlab import AttentionSpec, kernels, losses, registry
 from attnlab.models import attention_maps
 from tests.conftest import FAST_COMPILE
 
@@ -64,46 +64,52 @@ TASKS["tokens"][2]["inputs"][:3, -1] = 0  # some PAD
 
 # Tiny programs: XLA's cheap optimisation level (FAST_COMPILE) compiles several times faster
 # (the file is compile-bound).
-TINY = {"d_model": 16, "num_heads": 2, "num_layers": 1, "mlp_dim": 32}
-# (model, task, options, steps, learning rate): every category each model supports.
+TINY = {"d_model": 16, "num_layers": 1, "mlp_dim": 32}
+HEADS = {"num_heads": 2}
+GRAPH = {"graph": True, "head_mode": "copy", "num_heads": 2}
+# (model, task, options, attention spec fields, steps, learning rate): every category each model supports.
 CASES = {
-    **{f"encoder-{s}": ("encoder", "tokens", {**TINY, "score": s}, 100, 1e-2)
+    **{f"encoder-{s}": ("encoder", "tokens", TINY, {**HEADS, "score": s}, 100, 1e-2)
        for s in ("additive", "dot", "scaled_dot", "general", "concat")},
-    "encoder-copy-mean-cls": ("encoder", "tokens", {**TINY, "head_mode": "copy", "head_merge": "mean",
-                                                    "pooling": "cls"}, 100, 1e-2),
-    "encoder-features-gqa-sparsemax": ("encoder", "regions", {**TINY, "num_heads": 4, "num_kv_heads": 2,
-                                                              "normalizer": "sparsemax"}, 100, 1e-2),
-    "encoder-hard": ("encoder", "tokens", {**TINY, "target": "hard"}, 200, 1e-2),
-    "seq2seq-split": ("seq2seq", "reverse", TINY, 150, 1e-2),
-    "seq2seq-copy": ("seq2seq", "reverse", {**TINY, "head_mode": "copy"}, 150, 1e-2),
-    "seq2seq-self": ("seq2seq", "reverse", {**TINY, "source": "self", "score": "additive"}, 150, 1e-2),
-    "lm-split": ("lm", "lm", TINY, 100, 1e-2),
-    "lm-copy-general": ("lm", "lm", {**TINY, "head_mode": "copy", "score": "general"}, 100, 1e-2),
-    "gru-bahdanau-additive": ("gru_seq2seq", "reverse", {"d_model": 16, "style": "bahdanau",
-                                                         "score": "additive"}, 150, 1e-2),
-    **{f"gru-luong-{s}": ("gru_seq2seq", "reverse", {"d_model": 16, "style": "luong", "score": s},
+    "encoder-copy-mean-cls": ("encoder", "tokens", {**TINY, "pooling": "cls"},
+                              {**HEADS, "head_mode": "copy", "head_merge": "mean"}, 100, 1e-2),
+    "encoder-features-gqa-sparsemax": ("encoder", "regions", TINY, {"num_heads": 4, "num_kv_heads": 2,
+                                                                    "normalizer": "sparsemax"}, 100, 1e-2),
+    "encoder-hard": ("encoder", "tokens", TINY, {**HEADS, "target": "hard"}, 200, 1e-2),
+    "seq2seq-split": ("seq2seq", "reverse", TINY, HEADS, 150, 1e-2),
+    "seq2seq-copy": ("seq2seq", "reverse", TINY, {**HEADS, "head_mode": "copy"}, 150, 1e-2),
+    "seq2seq-self": ("seq2seq", "reverse", {**TINY, "source": "self"}, {**HEADS, "score": "additive"},
+                     150, 1e-2),
+    "lm-split": ("lm", "lm", TINY, HEADS, 100, 1e-2),
+    "lm-copy-general": ("lm", "lm", TINY, {**HEADS, "head_mode": "copy", "score": "general"}, 100, 1e-2),
+    "gru-bahdanau-additive": ("gru_seq2seq", "reverse", {"d_model": 16, "style": "bahdanau"},
+                              {"score": "additive"}, 150, 1e-2),
+    **{f"gru-luong-{s}": ("gru_seq2seq", "reverse", {"d_model": 16, "style": "luong"}, {"score": s},
                           150, 1e-2) for s in ("dot", "general", "concat")},
-    "glimpse-soft": ("glimpse", "regions", {"d_model": 16}, 100, 1e-2),
-    "glimpse-hard": ("glimpse", "regions", {"d_model": 16, "target": "hard"}, 200, 1e-2),
+    "glimpse-soft": ("glimpse", "regions", {"d_model": 16}, {}, 100, 1e-2),
+    "glimpse-hard": ("glimpse", "regions", {"d_model": 16}, {"target": "hard"}, 200, 1e-2),
     "glimpse-recurrent-hard_st": ("glimpse", "regions", {"d_model": 16, "query": "recurrent",
-                                                         "num_glimpses": 2, "target": "hard_st"},
+                                                         "num_glimpses": 2}, {"target": "hard_st"},
                                   200, 1e-2),
-    **{f"gat-{s}": ("gat", "graph", {"hidden": 8, "num_heads": 2, "score": s, "dropout_rate": 0.0},
-                    100, 1e-2) for s in ("additive", "dot", "uniform")},
+    **{f"gat-{s}": ("gat", "graph", {"hidden": 8, "dropout_rate": 0.0}, {**GRAPH, "score": s}, 100, 1e-2)
+       for s in ("additive", "dot", "uniform")},
 }
 
 
-def _build(name, spec, options, seed=0):
-  return registry.get("model", name)(spec=spec, rngs=nnx.Rngs(seed, dropout=seed + 1,
-                                                             attention=seed + 2), **options)
+def _build(name, spec, options, attention=None, seed=0):
+  """A model of the zoo; ``attention``: AttentionSpec fields (default: the model's kind's defaults)."""
+  if not isinstance(attention, AttentionSpec):
+    attention = AttentionSpec(**{**(GRAPH if name == "gat" else {}), **(attention or {})})
+  return registry.get("model", name)(spec=spec, attention=attention,
+                                     rngs=nnx.Rngs(seed, dropout=seed + 1, attention=seed + 2), **options)
 
 
-def _init(name, spec, options):
+def _init(name, spec, options, attention=None):
   """(graphdef, params, rest) of a model initialised in one compiled program (eager init is slow)."""
   holder = {}
 
   def init():
-    graphdef, params, rest = nnx.split(_build(name, spec, options), nnx.Param, ...)
+    graphdef, params, rest = nnx.split(_build(name, spec, options, attention), nnx.Param, ...)
     holder["graphdef"] = graphdef
     return params, rest
 
@@ -111,14 +117,14 @@ def _init(name, spec, options):
   return holder["graphdef"], params, rest
 
 
-def _model(name, spec, options):
-  return nnx.merge(*_init(name, spec, options))
+def _model(name, spec, options, attention=None):
+  return nnx.merge(*_init(name, spec, options, attention))
 
 
-def _overfit(name, task, options, steps, lr):
+def _overfit(name, task, options, attention, steps, lr):
   """Trains on one batch in one compiled program: eval-mode task loss before/after, outputs."""
   family, spec, batch = TASKS[task]
-  graphdef, params, rest = _init(name, spec, options)
+  graphdef, params, rest = _init(name, spec, options, attention)
   tx = optax.adam(lr)
 
   def evaluate(p, r):  # eval-mode task loss and the model's outputs (logits, aux)
@@ -152,14 +158,15 @@ def _overfit(name, task, options, steps, lr):
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_overfits_one_batch_and_shapes(case):
-  name, task, options, steps, lr = CASES[case]
-  cls, family, spec, before, after, rest, (logits, aux) = _overfit(name, task, options, steps, lr)
+  name, task, options, attention, steps, lr = CASES[case]
+  cls, family, spec, before, after, rest, (logits, aux) = _overfit(name, task, options, attention,
+                                                                   steps, lr)
   assert cls.family == family
   out = spec.get("num_classes", spec.get("vocab_size"))
   expected = {"classifier": (B, out), "seq2seq": (B, 5, out), "lm": (B, 7, out),
               "node_classifier": (10, out)}[family]
   assert logits.shape == expected
-  if options.get("target") == "hard":
+  if attention.get("target") == "hard":
     assert aux["log_prob"].shape == (B,) and aux["entropy"].shape == (B,)
     assert np.asarray(nnx.to_pure_dict(rest)["baseline"])[1] > 0  # updated in training calls
   else:
@@ -208,7 +215,7 @@ def test_reinforce_estimator_is_unbiased():
 
 def test_loss_adds_reinforce_term_and_updates_baseline_only_in_training():
   family, spec, batch = TASKS["regions"]
-  model = _model("glimpse", spec, {"d_model": 8, "target": "hard", "baseline_decay": 0.5})
+  model = _model("glimpse", spec, {"d_model": 8, "baseline_decay": 0.5}, {"target": "hard"})
   assert model.baseline.value_now() == 0.0
   loss, m = losses.loss_and_metrics(model, batch, family=family, train=True)
   # first update: the bias-corrected average is exactly the batch-mean reward = −mean CE
@@ -276,7 +283,7 @@ def test_classifier_and_node_losses_against_numpy():
 
 def test_attention_maps_of_one_example():
   family, spec, batch = TASKS["tokens"]
-  model = _model("encoder", spec, TINY)
+  model = _model("encoder", spec, TINY, HEADS)
   maps = attention_maps(model, batch, example=0)
   assert set(maps) == {"encoder/blocks/0/self_attn"}
   w = maps["encoder/blocks/0/self_attn"]  # [H, L, L]
@@ -287,7 +294,7 @@ def test_attention_maps_of_one_example():
   assert not nnx.state(model, nnx.Intermediate)  # nothing left behind in the model
 
   family, spec, batch = TASKS["reverse"]
-  gru = _model("gru_seq2seq", spec, {"d_model": 8, "style": "bahdanau", "score": "additive"})
+  gru = _model("gru_seq2seq", spec, {"d_model": 8, "style": "bahdanau"}, {"score": "additive"})
   w = attention_maps(gru, batch, example=0)["attn"]  # [1, Lt, Ls]
   assert w.shape == (1, 5, 5)
   np.testing.assert_allclose(w.sum(-1), 1.0, rtol=1e-5)
@@ -300,27 +307,41 @@ def test_attention_maps_of_one_example():
 
 # --------------------------------------------------------------------------------- errors ---
 
-BAD = [
-    ("encoder", "tokens", {"d_model": 10, "num_heads": 4}, "num_heads"),
-    ("encoder", "tokens", {"head_mode": "shared"}, "head_mode"),
-    ("encoder", "tokens", {"num_heads": 4, "num_kv_heads": 3}, "num_kv_heads"),
-    ("seq2seq", "reverse", {"d_model": 12, "num_heads": 5}, "num_heads"),
-    ("lm", "lm", {"head_merge": "sum"}, "head_merge"),
-    ("glimpse", "regions", {"query": "random"}, "query"),
-    ("gru_seq2seq", "reverse", {"style": "vaswani"}, "style"),
-    ("seq2seq", "reverse", {"source": "both"}, "source"),
-    ("encoder", "tokens", {"pooling": "max"}, "pooling"),
-    ("encoder", "tokens", {"score": "dott"}, "score"),
-    ("gat", "graph", {"score": "cosine"}, "score"),
-    ("encoder", "tokens", {"widht": 3}, r"unknown option\(s\) 'widht'; valid options: d_model=64"),
+BAD = [  # (model, task, options, attention spec fields or spec, the error names ...)
+    ("encoder", "tokens", {"d_model": 10}, {"num_heads": 4}, "num_heads"),
+    ("encoder", "tokens", {}, {"head_mode": "shared"}, "head_mode"),
+    ("encoder", "tokens", {}, {"num_heads": 4, "num_kv_heads": 3}, "num_kv_heads"),
+    ("seq2seq", "reverse", {"d_model": 12}, {"num_heads": 5}, "num_heads"),
+    ("lm", "lm", {}, {"head_merge": "sum"}, "head_merge"),
+    ("glimpse", "regions", {"query": "random"}, {}, "query"),
+    ("gru_seq2seq", "reverse", {"style": "vaswani"}, {}, "style"),
+    ("seq2seq", "reverse", {"source": "both"}, {}, "source"),
+    ("encoder", "tokens", {"pooling": "max"}, {}, "pooling"),
+    ("encoder", "tokens", {}, {"score": "dott"}, "score"),
+    ("gat", "graph", {}, {"score": "cosine"}, "score.*registered graph scores: additive"),
+    ("encoder", "tokens", {"widht": 3}, {}, r"unknown option\(s\) 'widht'; valid options: d_model=64"),
+    ("encoder", "tokens", {"score": "dot"}, {}, r"unknown option\(s\) 'score'.*attention=AttentionSpec"),
+    # a model refuses a field it cannot honour instead of ignoring it
+    ("gru_seq2seq", "reverse", {}, {"num_heads": 2}, r"cannot honour attention num_heads=2.*\(1\)"),
+    ("gru_seq2seq", "reverse", {}, {"dropout": 0.1}, "cannot honour attention dropout=0.1"),
+    ("gru_seq2seq", "reverse", {}, {"impl": "blocked"}, "cannot honour attention impl='blocked'"),
+    ("gat", "graph", {}, {"normalizer": "sparsemax"}, "cannot honour attention normalizer='sparsemax'"),
+    ("gat", "graph", {}, {"head_mode": "split"}, "cannot honour attention head_mode='split'.*'copy'"),
+    ("gat", "graph", {}, {"target": "hard"}, "cannot honour attention target='hard'"),
+    ("gat", "graph", {}, AttentionSpec(), r"model 'gat' takes graph attention.*graph=True"),
+    ("encoder", "tokens", {}, AttentionSpec(graph=True), r"model 'encoder' takes sequence attention"),
+    ("encoder", "tokens", {}, "scaled_dot", "attention must be an attnlab.AttentionSpec"),
 ]
 
 
-@pytest.mark.parametrize("name,task,options,match", BAD)
-def test_bad_configuration_names_the_argument(name, task, options, match):
+@pytest.mark.parametrize("name,task,options,attention,match", BAD)
+def test_bad_configuration_names_the_argument(name, task, options, attention, match):
   _, spec, _ = TASKS[task]
   with pytest.raises((ValueError, TypeError), match=match):
-    _build(name, spec, {**({"d_model": 8} if name != "gat" else {}), **options})
+    if isinstance(attention, (dict, AttentionSpec)):
+      _build(name, spec, {**({"d_model": 8} if name != "gat" else {}), **options}, attention)
+    else:
+      registry.get("model", name)(spec=spec, attention=attention, rngs=nnx.Rngs(0), d_model=8)
 
 
 def test_registered_models_and_families():
@@ -335,7 +356,7 @@ def test_gat_refuses_subgraphs_shallower_than_its_layers():
   with pytest.raises(ValueError, match=r"1-hop computation subgraphs, .* 2 message-passing layers"):
     _build("gat", {**spec, "subgraph_hops": 1}, {})
   for hops in (0, 2, 3):
-    _build("gat", {**spec, "subgraph_hops": hops}, {"hidden": 2, "num_heads": 1})
+    _build("gat", {**spec, "subgraph_hops": hops}, {"hidden": 2}, {**GRAPH, "num_heads": 1})
 
 
 def test_gat_sparse_features_match_dense():
@@ -348,7 +369,7 @@ def test_gat_sparse_features_match_dense():
   sparse_batch = {k: v for k, v in batch.items() if k != "features"}
   sparse_batch.update(feature_index=np.stack([rows, cols], 1).astype(np.int32),
                       feature_values=feats[rows, cols])
-  model = _build("gat", spec, {"hidden": 4, "num_heads": 2, "value_dropout": 0.6})
+  model = _build("gat", spec, {"hidden": 4, "value_dropout": 0.6}, {**GRAPH, "dropout": 0.6})
   call = nnx.jit(lambda m, b, train: m(b, train=train)[0], static_argnames="train")  # advances rngs
   dense_logits = call(model, {**batch, "features": feats}, train=False)
   sparse_logits = call(model, sparse_batch, train=False)

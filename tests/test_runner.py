@@ -154,7 +154,7 @@ def toy_sweep(name="toy", steps=8, widths=(4, 8)):
                            "attention_maps": False}}
   c.grids = [{"group": "width", "config": TOY, "axes": {"model.options.d_model": list(widths)}},
              {"group": "score", "config": TOY, "fixed": {"model.options.d_model": 4},
-              "axes": {"model.options.score": ["dot", "additive"]}}]
+              "axes": {"model.attention.score": ["dot", "additive"]}}]
   return c
 
 
@@ -164,10 +164,10 @@ def test_expand_is_a_union_of_sub_grids():
       {"group": "width", "task": "runner_toy", "model.options.d_model": 4},
       {"group": "width", "task": "runner_toy", "model.options.d_model": 8},
       {"group": "width", "task": "runner_toy", "model.options.d_model": 16},
-      {"group": "score", "task": "runner_toy", "model.options.d_model": 4, "model.options.score": "dot"},
+      {"group": "score", "task": "runner_toy", "model.options.d_model": 4, "model.attention.score": "dot"},
       {"group": "score", "task": "runner_toy", "model.options.d_model": 4,
-       "model.options.score": "additive"}]
-  assert runs[4].config.model.options.score == "additive" and runs[4].config.train.seeds == (0, 1)
+       "model.attention.score": "additive"}]
+  assert runs[4].config.model.attention.score == "additive" and runs[4].config.train.seeds == (0, 1)
   assert runs[2].config.train.steps == 8
 
 
@@ -203,8 +203,14 @@ def test_sweep_workdir_of_another_sweep_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("field, value, match", [
-    ("model.options.score", "dott", "unknown score 'dott'"),
+    ("model.attention.score", "dott", "model.attention.score: unknown score 'dott'; registered scores: "
+     "additive"),
     ("model.options.widht", 3, "unknown key 'model.options.widht'"),
+    ("model.options.score", "dot", "unknown key 'model.options.score'.*attention category is "
+     "model.attention.score"),
+    ("model.attention.scor", "dot", r"unknown key 'model.attention.scor'.*valid: .*score, score_kwargs"),
+    ("model.attention.score_kwargs.hidden", 8, r"model.attention.score_kwargs.hidden: unknown option of "
+     r"score 'scaled_dot'; it takes no options"),
 ])
 def test_sweep_bad_names(field, value, match):
   s = toy_sweep()
@@ -274,7 +280,7 @@ def test_report_renders_from_a_results_file(tmp_path):
   for variant, values in accs.items():
     for seed, v in enumerate(values):
       results.append_line(tmp_path / "results.jsonl", {
-          "run": {"group": "score", "task": "toy", "model.options.score": variant}, "seed": seed,
+          "run": {"group": "score", "task": "toy", "model.attention.score": variant}, "seed": seed,
           "metrics": {"val": {"accuracy": v + rng.normal() * 0.01}, "test": {"accuracy": v}}})
   text = report.write(str(tmp_path), plots=True)
   assert (tmp_path / "report.md").read_text() == text

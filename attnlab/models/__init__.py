@@ -1,4 +1,4 @@
-"""The model zoo: every model takes its attention category purely from its options.
+"""The model zoo: every model takes its attention category as one ``AttentionSpec`` (``attention``).
 
 | name          | family          | file            | what                                              |
 |---------------|-----------------|-----------------|---------------------------------------------------|
@@ -9,8 +9,10 @@
 | `lm`          | lm              | lm.py           | decoder-only causal Transformer                   |
 | `gat`         | node_classifier | gat.py          | 2-layer GAT (Veličković et al. 2018)              |
 
-Build one with ``registry.get("model", name)(spec=task.spec, rngs=nnx.Rngs(0, dropout=1,
-attention=2), **options)`` and call ``model(batch, train=...) -> (logits, aux)``.
+Build one with ``registry.get("model", name)(spec=task.spec, attention=AttentionSpec(...),
+rngs=nnx.Rngs(0, dropout=1, attention=2), **options)`` (a config: ``attnlab.config.model_kwargs``)
+and call ``model(batch, train=...) -> (logits, aux)``. The Transformer models and glimpse honour
+every field of the spec; gru_seq2seq and gat honour a subset and refuse the rest (their docstrings).
 ``attention_maps(model, batch)`` returns one example's attention weights for plots.
 """
 

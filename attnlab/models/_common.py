@@ -1,8 +1,11 @@
 """What every model shares: registration with option checking, the REINFORCE state, attention maps.
 
-* ``register_model(name)``: registers an ``nnx.Module`` class under kind ``model``; an unknown
-  option is a ValueError that lists the valid options with their defaults (the constructor keeps
-  its signature, so ``attnlab.config.check_kwargs`` sees the options too).
+* ``register_model(name)``: registers an ``nnx.Module`` class under kind ``model``. Its constructor
+  takes ``spec`` (the task's), ``rngs``, ``attention`` (an ``AttentionSpec``: the whole attention
+  category, passed on unchanged) and its own options as keywords; an unknown option is a ValueError
+  that lists the valid options with their defaults (the constructor keeps its signature, so
+  ``attnlab.config.check_kwargs`` sees the options too). A model whose class sets
+  ``graph_attention = True`` (GAT) takes graph specs only, the others sequence specs only.
 * ``Baseline``: the moving-average REINFORCE baseline, a non-Param ``nnx.Variable`` (it lives in
   the model's non-parameter state, is updated by ``attnlab.losses`` in training calls and never
   receives gradients).
@@ -24,6 +27,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from attnlab import kernels, registry
+from attnlab.attention_spec import AttentionSpec
 
 Array = jax.Array
 _SOW = [False]
@@ -50,17 +54,28 @@ def register_model(name: str) -> Callable[[type], type]:
       raise TypeError(f"model {name!r}: class {cls.__name__} needs a class attribute `family`")
     init = cls.__init__
     params = inspect.signature(init).parameters
-    valid = {n: p.default for n, p in params.items()
-             if p.kind is p.KEYWORD_ONLY and n not in ("spec", "rngs")}
+    fixed = ("spec", "rngs", "attention")
+    if "attention" not in params:
+      raise TypeError(f"model {name!r}: {cls.__name__}.__init__ needs a keyword argument "
+                      f"`attention: AttentionSpec` (the attention category)")
+    valid = {n: p.default for n, p in params.items() if p.kind is p.KEYWORD_ONLY and n not in fixed}
+    graph = getattr(cls, "graph_attention", False)
 
     @functools.wraps(init)
     def checked_init(self, *args: Any, **kwargs: Any) -> None:
-      unknown = sorted(set(kwargs) - set(valid) - {"spec", "rngs"})
+      unknown = sorted(set(kwargs) - set(valid) - set(fixed))
       if args or unknown:
         listing = ", ".join(f"{k}={v!r}" for k, v in valid.items())
         what = (f"unknown option(s) {', '.join(map(repr, unknown))}" if unknown
                 else "options are keyword arguments")
-        raise ValueError(f"model {name!r}: {what}; valid options: {listing}")
+        raise ValueError(f"model {name!r}: {what}; valid options: {listing} (and attention=AttentionSpec)")
+      attention = kwargs.get("attention")
+      if not isinstance(attention, AttentionSpec):
+        raise TypeError(f"model {name!r}: attention must be an attnlab.AttentionSpec (a config's "
+                        f"model.attention), got {type(attention).__name__}")
+      if attention.graph != graph:
+        raise ValueError(f"model {name!r} takes {'graph' if graph else 'sequence'} attention: set the "
+                         f"spec's graph={graph} (model.attention.graph), got graph={attention.graph}")
       init(self, **kwargs)
 
     cls.__init__ = checked_init

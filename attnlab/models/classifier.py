@@ -6,8 +6,8 @@
     pool: mean over non-PAD positions, or the CLS position                         -> [B, d]
     Dense                                                                          -> logits [B, C]
 
-The attention category comes from the options (score, normalizer, target, num_heads, head_mode,
-head_merge, num_kv_heads). With target="hard", ``aux`` holds ``log_prob`` and ``entropy`` [B]
+Every attention layer holds the model's ``attention`` spec (all its fields are honoured);
+``dropout_rate`` is the residual dropout. With target="hard", ``aux`` holds ``log_prob`` and ``entropy`` [B]
 (summed over layers, heads and non-PAD queries) and losses adds the REINFORCE term.
 """
 
@@ -17,8 +17,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from attnlab.attention_spec import AttentionSpec
 from attnlab.models import _common
-from attnlab.models.transformer import Embedder, Stack, transformer_options
+from attnlab.models.transformer import Embedder, Stack, stack_options
 
 POOLINGS = ("mean", "cls")
 
@@ -26,29 +27,21 @@ POOLINGS = ("mean", "cls")
 @_common.register_model("encoder")
 class EncoderClassifier(nnx.Module):
   family = "classifier"
-  supports = {"score": "any", "normalizer": "any", "target": "any", "head_mode": ("split", "copy"),
-              "head_merge": ("concat", "mean"), "pooling": POOLINGS}
 
-  def __init__(self, *, spec: dict, rngs: nnx.Rngs, d_model: int = 64, num_heads: int = 4,
-               num_layers: int = 2, mlp_dim: int | None = None, score: str = "scaled_dot",
-               normalizer: str = "softmax", target: str = "soft", head_mode: str = "split",
-               head_merge: str = "concat", num_kv_heads: int | None = None,
-               dropout_rate: float = 0.0, pooling: str = "mean", entropy_bonus: float = 0.01,
-               baseline_decay: float = 0.9):
+  def __init__(self, *, spec: dict, rngs: nnx.Rngs, attention: AttentionSpec, d_model: int = 64,
+               num_layers: int = 2, mlp_dim: int | None = None, dropout_rate: float = 0.0,
+               pooling: str = "mean", entropy_bonus: float = 0.01, baseline_decay: float = 0.9):
     _common.check_spec(self.name, spec, "num_classes", "seq_len")
     self.pooling = _common.check_choice(self.name, "pooling", pooling, POOLINGS)
-    opts = transformer_options(self.name, d_model=d_model, num_heads=num_heads,
-                               num_layers=num_layers, mlp_dim=mlp_dim, score=score,
-                               normalizer=normalizer, target=target, head_mode=head_mode,
-                               head_merge=head_merge, num_kv_heads=num_kv_heads,
-                               dropout_rate=dropout_rate)
+    opts = stack_options(self.name, d_model=d_model, num_layers=num_layers, mlp_dim=mlp_dim,
+                         dropout_rate=dropout_rate, attention=attention)
     extra = 1 if pooling == "cls" else 0
     self.embed = Embedder(d_model, spec["seq_len"] + extra, vocab_size=spec.get("vocab_size"),
                           input_dim=None if "vocab_size" in spec else spec["input_dim"], rngs=rngs)
     self.cls = nnx.Param(jnp.zeros((1, 1, d_model))) if pooling == "cls" else nnx.data(None)
     self.encoder = Stack(rngs=rngs, **opts)
     self.head = nnx.Linear(d_model, spec["num_classes"], rngs=rngs)
-    _common.reinforce_state(self, target, entropy_bonus, baseline_decay)
+    _common.reinforce_state(self, attention.target, entropy_bonus, baseline_decay)
 
   def __call__(self, batch: dict, *, train: bool) -> tuple[jax.Array, dict]:
     x = jnp.asarray(batch["inputs"])  # [B, L] int or [B, L, F] float

@@ -5,11 +5,13 @@
                              -> Dropout(p)
     GraphAttention(-> C, output_heads heads, mean)                  -> logits [N, C]
 
-Both layers drop attention coefficients with ``attention_dropout`` (default: ``dropout_rate``)
-while training, and with ``value_dropout`` > 0 also the projected features W h used as values
-(scores from the undropped W h), as GAT's reference code does (its ``attn_head`` drops ``seq_fts``
-with the input dropout rate; configs/cora_gat.py sets 0.6). The paper's Cora setting is the
-default otherwise: 8 heads x 8 hidden, 1 output head, p = 0.6 (PubMed: output_heads=8).
+The ``attention`` spec is a graph spec (``graph=True``, ``head_mode="copy"``): the hidden layer
+holds it unchanged (its score, num_heads, head_merge and dropout on the attention coefficients);
+the output layer uses ``attention.replace(num_heads=output_heads, head_merge="mean")``. With
+``value_dropout`` > 0 both layers also drop the projected features W h used as values (scores from
+the undropped W h), as GAT's reference code does (its ``attn_head`` drops ``seq_fts`` with the
+input dropout rate; configs/cora_gat.py sets 0.6). The paper's Cora setting (configs/cora_gat.py):
+8 heads x 8 hidden, 1 output head, p = 0.6 for inputs and coefficients (PubMed: output_heads=8).
 
 Features come dense (``batch["features"]`` [N, F]) or sparse (``batch["feature_values"]`` [nnz]
 with ``batch["feature_lists/*"]`` or ``batch["feature_index"]`` [nnz, 2] (node, feature), e.g.
@@ -19,8 +21,8 @@ scatter-free fast path, as attnlab.data.graph serves it) or else ``batch["edges"
 computation subgraph (``subgraph_hops``) serves one incidence per layer,
 ``batch["edge_lists/layer{0,1}/*"]``, each with only the target rows the next layer reads, so the
 logits cover the first rows (the split's nodes) only.
-``score`` is any registered graph score: additive (GAT), gatv2, dot, scaled_dot, general, uniform
-(mean over neighbours, a GCN-like reference).
+The spec's ``score`` is any registered graph score: additive (GAT), gatv2, dot, scaled_dot,
+general, uniform (mean over neighbours, a GCN-like reference).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from flax import nnx
 from jax.experimental import sparse
 
 from attnlab import kernels, modules
+from attnlab.attention_spec import AttentionSpec
 from attnlab.kernels import segments
 from attnlab.models import _common
 
@@ -39,11 +42,10 @@ from attnlab.models import _common
 class GAT(nnx.Module):
   family = "node_classifier"
   num_layers = 2  # message-passing layers: the computation subgraph needs this many hops
-  supports = {"score": "any graph_score (additive, gatv2, dot, scaled_dot, general, uniform)"}
+  graph_attention = True  # takes graph specs (register_model checks)
 
-  def __init__(self, *, spec: dict, rngs: nnx.Rngs, hidden: int = 8, num_heads: int = 8,
-               output_heads: int = 1, score: str = "additive", dropout_rate: float = 0.6,
-               attention_dropout: float | None = None, value_dropout: float = 0.0,
+  def __init__(self, *, spec: dict, rngs: nnx.Rngs, attention: AttentionSpec, hidden: int = 8,
+               output_heads: int = 1, dropout_rate: float = 0.6, value_dropout: float = 0.0,
                negative_slope: float = 0.2):
     _common.check_spec(self.name, spec, "num_features", "num_classes")
     hops = spec.get("subgraph_hops", 0)
@@ -51,14 +53,12 @@ class GAT(nnx.Module):
       raise ValueError(f"model {self.name!r}: the task serves {hops}-hop computation subgraphs, but "
                        f"the model has {self.num_layers} message-passing layers; set the task's "
                        f"subgraph_hops to 0 (whole graph) or >= {self.num_layers}")
-    att = dropout_rate if attention_dropout is None else attention_dropout
-    common = dict(score=score, dropout_rate=att, value_dropout_rate=value_dropout,
-                  negative_slope=negative_slope, rngs=rngs)
+    common = dict(value_dropout_rate=value_dropout, negative_slope=negative_slope, rngs=rngs)
     self.drop = nnx.Dropout(dropout_rate, rngs=rngs)
-    self.layer1 = modules.GraphAttention(spec["num_features"], hidden, num_heads,
-                                         head_merge="concat", **common)
-    self.layer2 = modules.GraphAttention(num_heads * hidden, spec["num_classes"], output_heads,
-                                         head_merge="mean", **common)
+    self.layer1 = modules.GraphAttention(spec["num_features"], hidden, attention=attention, **common)
+    width = attention.num_heads * hidden if attention.head_merge == "concat" else hidden
+    output = attention.replace(num_heads=output_heads, head_merge="mean")
+    self.layer2 = modules.GraphAttention(width, spec["num_classes"], attention=output, **common)
 
   def __call__(self, batch: dict, *, train: bool) -> tuple[jax.Array, dict]:
     layers = [segments.from_arrays(batch, kernels.layer_prefix(l)) for l in range(self.num_layers)]

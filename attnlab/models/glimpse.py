@@ -12,7 +12,8 @@ Tell's setting, Xu et al. 2015):
 ``target="soft"`` takes the expectation over regions; ``target="hard"`` samples ONE region per
 glimpse and head (REINFORCE with a moving-average baseline and an entropy bonus, in
 ``attnlab.losses``; ``aux`` holds ``log_prob`` and ``entropy`` [B]); ``hard_st`` is the Gumbel
-straight-through alternative.
+straight-through alternative. The one attention layer holds the model's ``attention`` spec (all
+its fields honoured: heads, normaliser, kwargs, attention-weight dropout, impl).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from attnlab.attention_spec import AttentionSpec
 from attnlab.models import _common
 from attnlab.models.transformer import Embedder, attend, attention_layer
 
@@ -30,14 +32,10 @@ QUERIES = ("learned", "recurrent")
 @_common.register_model("glimpse")
 class GlimpseClassifier(nnx.Module):
   family = "classifier"
-  supports = {"score": "any", "normalizer": "any", "target": ("soft", "hard", "hard_st"),
-              "query": QUERIES, "head_mode": ("split", "copy"), "head_merge": ("concat", "mean")}
 
-  def __init__(self, *, spec: dict, rngs: nnx.Rngs, d_model: int = 64, num_heads: int = 1,
-               num_glimpses: int = 1, query: str = "learned", score: str = "scaled_dot",
-               normalizer: str = "softmax", target: str = "soft", head_mode: str = "split",
-               head_merge: str = "concat", num_kv_heads: int | None = None,
-               dropout_rate: float = 0.0, entropy_bonus: float = 0.01, baseline_decay: float = 0.9):
+  def __init__(self, *, spec: dict, rngs: nnx.Rngs, attention: AttentionSpec, d_model: int = 64,
+               num_glimpses: int = 1, query: str = "learned", entropy_bonus: float = 0.01,
+               baseline_decay: float = 0.9):
     _common.check_spec(self.name, spec, "num_classes", "seq_len")
     self.query = _common.check_choice(self.name, "query", query, QUERIES)
     if isinstance(num_glimpses, bool) or not isinstance(num_glimpses, int) or num_glimpses < 1:
@@ -46,9 +44,7 @@ class GlimpseClassifier(nnx.Module):
     self.regions = Embedder(d, spec["seq_len"], vocab_size=spec.get("vocab_size"),
                             input_dim=None if "vocab_size" in spec else spec["input_dim"], rngs=rngs)
     self.ln = nnx.LayerNorm(d, rngs=rngs)
-    self.attn = attention_layer(d, num_heads=num_heads, score=score, normalizer=normalizer,
-                                target=target, head_mode=head_mode, head_merge=head_merge,
-                                num_kv_heads=num_kv_heads, dropout_rate=dropout_rate, rngs=rngs)
+    self.attn = attention_layer(d, attention, rngs=rngs)
     init = nnx.initializers.normal(1.0)
     if query == "learned":
       self.queries = nnx.Param(init(rngs.params(), (num_glimpses, d)))  # [G, d]
@@ -59,7 +55,7 @@ class GlimpseClassifier(nnx.Module):
       self.merge = nnx.data(None)
       self.cell = nnx.GRUCell(d, d, rngs=rngs)
     self.head = nnx.Linear(d, spec["num_classes"], rngs=rngs)
-    _common.reinforce_state(self, target, entropy_bonus, baseline_decay)
+    _common.reinforce_state(self, attention.target, entropy_bonus, baseline_decay)
 
   def __call__(self, batch: dict, *, train: bool) -> tuple[jax.Array, dict]:
     x = jnp.asarray(batch["inputs"])  # [B, L, F] (or tokens [B, L])

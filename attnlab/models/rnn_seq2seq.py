@@ -17,6 +17,11 @@ general sᵀWh, concat vᵀtanh(W[s; h]) (Luong et al. 2015), or any registered 
     s_t = GRU(s_{t-1}, E y_{t-1});  c_t = attn(s_t, H);  o_t = [s_t; c_t]
 
 Both: logits_t = W_out tanh(W_o o_t) [B, Lt, V]. Maps: [B, 1, Lt, Ls] sown as ``attention``.
+
+Of the ``attention`` spec it honours score, normalizer, target, their kwargs and impl (auto or
+dense: the maps are always formed); head_mode and head_merge make no difference for its one head.
+It refuses num_heads != 1, num_kv_heads other than None or 1, dropout > 0 (no attention-weight
+dropout here; ``dropout_rate`` drops embeddings and outputs) and impl="blocked".
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from attnlab import kernels
+from attnlab.attention_spec import AttentionSpec
 from attnlab.data.base import PAD
 from attnlab.models import _common
 from attnlab.models.seq2seq import decoder_input
@@ -36,20 +42,24 @@ STYLES = ("bahdanau", "luong")
 class StateAttention(nnx.Module):
   """One-head attention of query states [B, Lq, d] over memory [B, Ls, d] (raw states)."""
 
-  def __init__(self, dim: int, *, score: str, normalizer: str, target: str, rngs: nnx.Rngs):
-    self.score, self.normalizer, self.target = score, normalizer, target
-    params = kernels.init_params(score, rngs.params(), dim)
+  def __init__(self, dim: int, attention: AttentionSpec, *, rngs: nnx.Rngs):
+    attention.require("model 'gru_seq2seq'", num_heads=(1,), num_kv_heads=(None, 1), dropout=(0.0,),
+                      impl=("auto", "dense"))
+    self.attention = attention
+    params = kernels.init_params(attention.score, rngs.params(), dim, **attention.score_kwargs)
     self.score_params = nnx.data(None if params is None else jax.tree.map(nnx.Param, params))
 
   def __call__(self, query, memory, valid, *, train: bool, rng=None):
     """-> context [B, Lq, d], weights [B, Lq, Ls], target aux (hard: log_prob [B, 1, Lq])."""
     params = None if self.score_params is None else jax.tree.map(
         lambda p: p[...], self.score_params, is_leaf=lambda v: isinstance(v, nnx.Variable))
+    a = self.attention
     c, w, aux = kernels.attention(
         query[:, :, None], memory[:, :, None], memory[:, :, None],  # [B, L, 1, d]: one head
-        score=self.score, normalizer=self.normalizer, target=self.target,
-        mask=valid[:, None, None, :], params=params, rng=rng, deterministic=rng is None,
-        return_weights=True, return_aux=True)
+        score=a.score, normalizer=a.normalizer, target=a.target, mask=valid[:, None, None, :],
+        params=params, rng=rng, deterministic=rng is None, return_weights=True, return_aux=True,
+        normalizer_kwargs=dict(a.normalizer_kwargs), target_kwargs=dict(a.target_kwargs),
+        impl=a.impl)
     return c[:, :, 0], w[:, 0], aux  # [B, Lq, d], [B, Lq, Ls]
 
 
@@ -66,12 +76,10 @@ def run_gru(cell: nnx.GRUCell, x, valid, h0, *, reverse: bool = False):
 @_common.register_model("gru_seq2seq")
 class GruSeq2Seq(nnx.Module):
   family = "seq2seq"
-  supports = {"score": "any (additive, dot, general, concat, ...)", "normalizer": "any",
-              "target": "any", "style": STYLES}
 
-  def __init__(self, *, spec: dict, rngs: nnx.Rngs, d_model: int = 64, style: str = "luong",
-               score: str = "general", normalizer: str = "softmax", target: str = "soft",
-               dropout_rate: float = 0.0, entropy_bonus: float = 0.01, baseline_decay: float = 0.9):
+  def __init__(self, *, spec: dict, rngs: nnx.Rngs, attention: AttentionSpec, d_model: int = 64,
+               style: str = "luong", dropout_rate: float = 0.0, entropy_bonus: float = 0.01,
+               baseline_decay: float = 0.9):
     _common.check_spec(self.name, spec, "vocab_size")
     self.style = _common.check_choice(self.name, "style", style, STYLES)
     d, v = d_model, spec["vocab_size"]
@@ -81,13 +89,13 @@ class GruSeq2Seq(nnx.Module):
     self.enc_out = nnx.Linear(2 * d, d, rngs=rngs)
     self.init_state = nnx.Linear(d, d, rngs=rngs)
     self.cell = nnx.GRUCell(2 * d if style == "bahdanau" else d, d, rngs=rngs)
-    self.attn = StateAttention(d, score=score, normalizer=normalizer, target=target, rngs=rngs)
-    self.stochastic = kernels.get_target(target).stochastic
+    self.attn = StateAttention(d, attention, rngs=rngs)
+    self.stochastic = kernels.get_target(attention.target).stochastic
     self.attention_rngs = rngs.attention.fork() if self.stochastic else nnx.data(None)
     self.out = nnx.Linear(2 * d, d, rngs=rngs)
     self.head = nnx.Linear(d, v, rngs=rngs)
     self.drop = nnx.Dropout(dropout_rate, rngs=rngs)
-    _common.reinforce_state(self, target, entropy_bonus, baseline_decay)
+    _common.reinforce_state(self, attention.target, entropy_bonus, baseline_decay)
 
   def __call__(self, batch: dict, *, train: bool) -> tuple[jax.Array, dict]:
     src, tgt = jnp.asarray(batch["inputs"]), jnp.asarray(batch["targets"])  # [B, Ls], [B, Lt]

@@ -13,6 +13,7 @@ Decoder input = [BOS] + targets[:, :-1]. Two ways for the target to see the sour
   (a prefix LM); the logits are read at the Lt target positions.
 
 Then Dense -> logits [B, Lt, V]. Source and target share the token embedding (one vocabulary).
+Every attention layer (self and cross) holds the model's ``attention`` spec (all fields honoured).
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from attnlab.data.base import BOS, PAD
+from attnlab.attention_spec import AttentionSpec
 from attnlab.models import _common
-from attnlab.models.transformer import Embedder, Stack, transformer_options
+from attnlab.models.transformer import Embedder, Stack, stack_options
 
 SOURCES = ("cross", "self")
 
@@ -36,22 +38,14 @@ def decoder_input(targets: jax.Array) -> jax.Array:
 @_common.register_model("seq2seq")
 class Seq2SeqTransformer(nnx.Module):
   family = "seq2seq"
-  supports = {"score": "any", "normalizer": "any", "target": "any", "head_mode": ("split", "copy"),
-              "head_merge": ("concat", "mean"), "source": SOURCES}
 
-  def __init__(self, *, spec: dict, rngs: nnx.Rngs, d_model: int = 64, num_heads: int = 4,
-               num_layers: int = 2, mlp_dim: int | None = None, score: str = "scaled_dot",
-               normalizer: str = "softmax", target: str = "soft", head_mode: str = "split",
-               head_merge: str = "concat", num_kv_heads: int | None = None,
-               dropout_rate: float = 0.0, source: str = "cross", entropy_bonus: float = 0.01,
-               baseline_decay: float = 0.9):
+  def __init__(self, *, spec: dict, rngs: nnx.Rngs, attention: AttentionSpec, d_model: int = 64,
+               num_layers: int = 2, mlp_dim: int | None = None, dropout_rate: float = 0.0,
+               source: str = "cross", entropy_bonus: float = 0.01, baseline_decay: float = 0.9):
     _common.check_spec(self.name, spec, "vocab_size", "seq_len", "target_len")
     self.source = _common.check_choice(self.name, "source", source, SOURCES)
-    opts = transformer_options(self.name, d_model=d_model, num_heads=num_heads,
-                               num_layers=num_layers, mlp_dim=mlp_dim, score=score,
-                               normalizer=normalizer, target=target, head_mode=head_mode,
-                               head_merge=head_merge, num_kv_heads=num_kv_heads,
-                               dropout_rate=dropout_rate)
+    opts = stack_options(self.name, d_model=d_model, num_layers=num_layers, mlp_dim=mlp_dim,
+                         dropout_rate=dropout_rate, attention=attention)
     ls, lt, v = spec["seq_len"], spec["target_len"], spec["vocab_size"]
     if source == "cross":
       self.src_embed = Embedder(d_model, ls, vocab_size=v, rngs=rngs)
@@ -63,7 +57,7 @@ class Seq2SeqTransformer(nnx.Module):
       self.encoder, self.tgt_embed = nnx.data(None), nnx.data(None)
       self.decoder = Stack(rngs=rngs, **opts)
     self.head = nnx.Linear(d_model, v, rngs=rngs)
-    _common.reinforce_state(self, target, entropy_bonus, baseline_decay)
+    _common.reinforce_state(self, attention.target, entropy_bonus, baseline_decay)
 
   def __call__(self, batch: dict, *, train: bool) -> tuple[jax.Array, dict]:
     src, tgt = jnp.asarray(batch["inputs"]), jnp.asarray(batch["targets"])  # [B, Ls], [B, Lt]

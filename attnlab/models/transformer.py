@@ -1,13 +1,14 @@
 """Shared Transformer pieces: input embedding, pre-LayerNorm blocks, one attention call.
 
     h = embed(x) + pos                       # tokens (nnx.Embed) or features (Dense), learned positions
-    h = h + Drop(SelfAttn(LN h))             # attnlab MultiHeadAttention, category from the options
+    h = h + Drop(SelfAttn(LN h))             # attnlab MultiHeadAttention of the model's AttentionSpec
     h = h + Drop(CrossAttn(LN h, memory))    # decoder blocks only
     h = h + Drop(MLP(LN h))                  # Dense(d -> mlp) - GELU - Dense(mlp -> d)
 
-The attention category (score, normalizer, target, heads) is passed through to
-``attnlab.modules.MultiHeadAttention`` unchanged; no attention maths here. Every attention call
-returns its REINFORCE terms (``log_prob``/``entropy`` [B], only for the ``hard`` target).
+The model's ``AttentionSpec`` (score, normalizer, target, heads, kwargs, attention-weight dropout,
+impl) is handed to every ``attnlab.modules.MultiHeadAttention`` unchanged; ``dropout_rate`` here is
+the residual dropout (Drop). No attention maths here. Every attention call returns its REINFORCE
+terms (``log_prob``/``entropy`` [B], only for the ``hard`` target).
 """
 
 from __future__ import annotations
@@ -17,20 +18,18 @@ import jax.numpy as jnp
 from flax import nnx
 
 from attnlab import modules
+from attnlab.attention_spec import AttentionSpec
 from attnlab.data.base import PAD
 from attnlab.models import _common
 
 Array = jax.Array
 
 
-def attention_layer(d_model: int, *, num_heads: int, score: str, normalizer: str, target: str,
-                    head_mode: str, head_merge: str, num_kv_heads: int | None, dropout_rate: float,
-                    rngs: nnx.Rngs, in_kv_features: int | None = None) -> modules.MultiHeadAttention:
-  """A MultiHeadAttention d_model -> d_model of the configured category."""
-  return modules.MultiHeadAttention(
-      num_heads, d_model, d_model, d_model, num_kv_heads, in_kv_features, score=score,
-      normalizer=normalizer, target=target, head_mode=head_mode, head_merge=head_merge,
-      dropout_rate=dropout_rate, rngs=rngs)
+def attention_layer(d_model: int, attention: AttentionSpec, *, rngs: nnx.Rngs,
+                    in_kv_features: int | None = None) -> modules.MultiHeadAttention:
+  """A MultiHeadAttention d_model -> d_model holding the spec ``attention``."""
+  return modules.MultiHeadAttention(attention.num_heads, d_model, d_model, d_model,
+                                    in_kv_features=in_kv_features, attention=attention, rngs=rngs)
 
 
 def attend(layer: modules.MultiHeadAttention, x: Array, memory: Array | None = None, *,
@@ -81,12 +80,12 @@ class Block(nnx.Module):
   """Pre-LN Transformer block: self-attention, optional cross-attention, MLP (residuals)."""
 
   def __init__(self, d_model: int, mlp_dim: int, *, cross: bool, dropout_rate: float,
-               rngs: nnx.Rngs, **attention):
+               attention: AttentionSpec, rngs: nnx.Rngs):
     self.ln_self = nnx.LayerNorm(d_model, rngs=rngs)
-    self.self_attn = attention_layer(d_model, dropout_rate=dropout_rate, rngs=rngs, **attention)
+    self.self_attn = attention_layer(d_model, attention, rngs=rngs)
     if cross:
       self.ln_cross = nnx.LayerNorm(d_model, rngs=rngs)
-      self.cross_attn = attention_layer(d_model, dropout_rate=dropout_rate, rngs=rngs, **attention)
+      self.cross_attn = attention_layer(d_model, attention, rngs=rngs)
     else:
       self.ln_cross, self.cross_attn = nnx.data(None), nnx.data(None)
     self.ln_mlp = nnx.LayerNorm(d_model, rngs=rngs)
@@ -114,9 +113,9 @@ class Stack(nnx.Module):
   """``num_layers`` Blocks and a final LayerNorm."""
 
   def __init__(self, d_model: int, num_layers: int, mlp_dim: int, *, cross: bool = False,
-               dropout_rate: float, rngs: nnx.Rngs, **attention):
+               dropout_rate: float, attention: AttentionSpec, rngs: nnx.Rngs):
     self.blocks = nnx.List([Block(d_model, mlp_dim, cross=cross, dropout_rate=dropout_rate,
-                                  rngs=rngs, **attention) for _ in range(num_layers)])
+                                  attention=attention, rngs=rngs) for _ in range(num_layers)])
     self.ln_out = nnx.LayerNorm(d_model, rngs=rngs)
 
   def __call__(self, x: Array, **kwargs) -> tuple[Array, dict]:
@@ -127,14 +126,11 @@ class Stack(nnx.Module):
     return self.ln_out(x), aux  # [B, L, d]
 
 
-def transformer_options(model: str, *, d_model: int, num_heads: int, num_layers: int,
-                        mlp_dim: int | None, score: str, normalizer: str, target: str,
-                        head_mode: str, head_merge: str, num_kv_heads: int | None,
-                        dropout_rate: float) -> dict:
-  """The Stack keyword arguments of a Transformer model's options (checked where the layers do not)."""
+def stack_options(model: str, *, d_model: int, num_layers: int, mlp_dim: int | None,
+                  dropout_rate: float, attention: AttentionSpec) -> dict:
+  """The Stack keyword arguments of a Transformer model (its sizes checked; the spec as given)."""
   for arg, value in (("d_model", d_model), ("num_layers", num_layers)):
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
       raise ValueError(f"model {model!r}: {arg} must be a positive int, got {value!r}")
   return dict(d_model=d_model, num_layers=num_layers, mlp_dim=mlp_dim or 4 * d_model,
-              dropout_rate=dropout_rate, num_heads=num_heads, score=score, normalizer=normalizer,
-              target=target, head_mode=head_mode, head_merge=head_merge, num_kv_heads=num_kv_heads)
+              dropout_rate=dropout_rate, attention=attention)

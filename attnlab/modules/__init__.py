@@ -1,8 +1,10 @@
 """Flax NNX attention layers built on ``attnlab.kernels`` (no attention math here).
 
-* ``MultiHeadAttention``: drop-in for ``flax.nnx.MultiHeadAttention`` with score / normalizer /
-  target / head_mode / head_merge / num_kv_heads as configuration.
-* ``GraphAttention``: the GAT layer (Veličković et al. 2018) over an edge list or dense adjacency.
+* ``MultiHeadAttention``: drop-in for ``flax.nnx.MultiHeadAttention`` with the attention category
+  as keywords (score / normalizer / target / head_mode / head_merge / num_kv_heads, ...) or as one
+  ``attnlab.AttentionSpec`` (``attention=spec``).
+* ``GraphAttention``: the GAT layer (Veličković et al. 2018) over an edge list or dense adjacency;
+  its category likewise (a graph spec).
 """
 
 from attnlab.modules.graph import GraphAttention, sparse_dropout

@@ -1,24 +1,8 @@
-"""Argument checks shared by the attention layers: clear errors naming the argument and the choices."""
+"""Argument checks shared by the attention layers (the category itself: attnlab.attention_spec)."""
 
 from __future__ import annotations
 
-from typing import Any, Sequence
-
-from attnlab import registry
-
-
-def choice(layer: str, arg: str, value: Any, valid: Sequence[str]) -> str:
-  """``value`` if it is one of ``valid``, else a ValueError naming ``arg`` and the valid choices."""
-  if value not in valid:
-    raise ValueError(f"{layer}: unknown {arg}={value!r}; valid choices: {', '.join(map(repr, valid))}")
-  return value
-
-
-def registered(layer: str, arg: str, kind: str, name: Any) -> str:
-  """``name`` if it is a registered member of ``kind`` (checked at construction, not import)."""
-  if not isinstance(name, str):
-    raise TypeError(f"{layer}: {arg} must be a registered {kind} name (str), got {type(name).__name__}")
-  return choice(layer, arg, name, registry.names(kind))
+from typing import Any
 
 
 def positive_int(layer: str, arg: str, value: Any) -> int:

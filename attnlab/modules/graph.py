@@ -17,6 +17,13 @@ Parameter layout (``nnx.state(layer, nnx.Param)``):
   general: ``{"W": [H, F', F']}``; None for dot / scaled_dot / uniform;
 * ``bias``         [H·F'] (concat) or [F'] (mean), added after merging heads (if use_bias).
 
+The category: short form ``GraphAttention(F_in, F', H, score="gatv2", head_merge="mean",
+dropout_rate=0.6, rngs=rngs)``, or spec form ``GraphAttention(F_in, F', attention=spec, rngs=rngs)``
+with a graph ``attnlab.AttentionSpec`` (``graph=True``), kept unchanged as ``layer.attention``. The
+layer honours its score (a ``graph_score``), num_heads, head_merge and dropout (on α), and refuses
+what graph attention cannot do: normalizer other than softmax, target other than soft, split heads
+(GAT's heads are copy heads: head_mode="copy"), fewer kv heads, an impl other than auto.
+
 Graph input: an edge list ``edges`` [2, E] of (source, target) pairs, or a dense ``adjacency``
 [N, N] bool with ``adjacency[i, j]`` = edge j → i (small graphs). ``add_self_loops=True`` gives each
 node exactly one self loop. Fast path for a fixed graph: build ``kernels.prepare_edges(edges, N)``
@@ -36,42 +43,56 @@ from flax.nnx.nn import initializers
 from jax.experimental import sparse
 
 from attnlab import kernels
+from attnlab.attention_spec import AttentionSpec, SpecError
 from attnlab.modules import _checks
 
 Array = jax.Array
-HEAD_MERGES = ("concat", "mean")
 _NAME = "GraphAttention"
 
 
 class GraphAttention(nnx.Module):
   """A GAT layer with K = ``num_heads`` copy-heads of ``out_features`` units each."""
 
-  def __init__(self, in_features: int, out_features: int, num_heads: int = 1, *,
+  def __init__(self, in_features: int, out_features: int, num_heads: int | None = None, *,
                score: str = "additive", head_merge: str = "concat", dropout_rate: float = 0.0,
-               value_dropout_rate: float = 0.0, negative_slope: float = 0.2, add_self_loops: bool = True, use_bias: bool = True,
+               value_dropout_rate: float = 0.0, negative_slope: float = 0.2,
+               add_self_loops: bool = True, use_bias: bool = True,
                deterministic: bool | None = None, kernel_init: Any = initializers.glorot_uniform(),
                bias_init: Any = initializers.zeros_init(), param_dtype: Any = jnp.float32,
-               rngs: nnx.Rngs, keep_rngs: bool = True):
+               rngs: nnx.Rngs, keep_rngs: bool = True, attention: AttentionSpec | None = None):
     self.in_features = _checks.positive_int(_NAME, "in_features", in_features)
     self.out_features = _checks.positive_int(_NAME, "out_features", out_features)
-    self.num_heads = _checks.positive_int(_NAME, "num_heads", num_heads)
-    self.score = _checks.registered(_NAME, "score", "graph_score", score)
-    self.head_merge = _checks.choice(_NAME, "head_merge", head_merge, HEAD_MERGES)
-    self.dropout_rate = _checks.rate(_NAME, "dropout_rate", dropout_rate)
+    if attention is None:
+      _checks.positive_int(_NAME, "num_heads", 1 if num_heads is None else num_heads)
+      _checks.rate(_NAME, "dropout_rate", dropout_rate)
+      try:
+        attention = AttentionSpec(graph=True, score=score, num_heads=num_heads or 1,
+                                  head_mode="copy", head_merge=head_merge, dropout=dropout_rate)
+      except SpecError as e:
+        raise e.named(f"{_NAME}: ") from None
+    else:
+      _check_spec_form(attention, num_heads, score, head_merge, dropout_rate)
+    self.attention = attention
     self.value_dropout_rate = _checks.rate(_NAME, "value_dropout_rate", value_dropout_rate)
     self.negative_slope = float(negative_slope)
     self.add_self_loops, self.deterministic = add_self_loops, deterministic
-    h, f = num_heads, out_features
+    h, f = self.num_heads, out_features
     # Glorot with fan_in = F_in, fan_out = H·F' (as one [F_in, H·F'] matrix, like GAT's W per head
     # stacked): initialise flat, then view as [F_in, H, F'].
     self.kernel = nnx.Param(kernel_init(rngs.params(), (in_features, h * f), param_dtype)
                             .reshape(in_features, h, f))
-    params = kernels.init_graph_params(score, rngs.params(), f, num_heads=h)
+    params = kernels.init_graph_params(self.score, rngs.params(), f, num_heads=h)
     self.score_params = nnx.data(None if params is None else jax.tree.map(nnx.Param, params))
-    bias_size = h * f if head_merge == "concat" else f
+    bias_size = h * f if self.head_merge == "concat" else f
     self.bias = (nnx.Param(bias_init(rngs.params(), (bias_size,), param_dtype)) if use_bias
                  else nnx.data(None))
     self.rngs = rngs.dropout.fork() if keep_rngs and self._drops else nnx.data(None)
+
+  # The category, read from the spec (one source of truth).
+  num_heads = property(lambda self: self.attention.num_heads)
+  score = property(lambda self: self.attention.score)
+  head_merge = property(lambda self: self.attention.head_merge)
+  dropout_rate = property(lambda self: self.attention.dropout)
 
   @property
   def _drops(self) -> bool:
@@ -162,6 +183,24 @@ class GraphAttention(nnx.Module):
       raise ValueError(f"{_NAME}: pass rngs (with a 'dropout' stream) to __call__, or build the "
                        "layer with keep_rngs=True")
     return stream()
+
+
+def _check_spec_form(attention: Any, num_heads: Any, score: str, head_merge: str,
+                     dropout_rate: float) -> None:
+  """``attention=`` carries the whole category; refuse keywords beside it and what it cannot honour."""
+  if not isinstance(attention, AttentionSpec):
+    raise TypeError(f"{_NAME}: attention must be an attnlab.AttentionSpec, got {type(attention).__name__}")
+  both = [f"{k}={v!r}" for k, v, default in (("num_heads", num_heads, None), ("score", score, "additive"),
+                                              ("head_merge", head_merge, "concat"),
+                                              ("dropout_rate", dropout_rate, 0.0)) if v != default]
+  if both:
+    raise ValueError(f"{_NAME}: give the category either as keywords or as attention=AttentionSpec(...), "
+                     f"not both; got attention= and {', '.join(both)}")
+  if not attention.graph:
+    raise ValueError(f"{_NAME}: attention must be a graph attention spec (graph=True: its score is a "
+                     f"graph_score), got graph=False")
+  attention.require(_NAME, normalizer=("softmax",), target=("soft",), head_mode=("copy",),
+                    num_kv_heads=(None, attention.num_heads), impl=("auto",))
 
 
 def sparse_dropout(x: sparse.BCOO | kernels.SparseMatrix, rate: float, rng: Array):

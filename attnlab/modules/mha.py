@@ -7,17 +7,23 @@ With the defaults (``score="scaled_dot"``, ``normalizer="softmax"``, ``target="s
     out:             LinearGeneral, kernel [H, D, out],    bias [out]
 
 so ``nnx.update(ours, nnx.state(flax_mha, nnx.Param))`` reproduces flax's outputs. The attention
-itself is computed by ``attnlab.kernels.attention`` only. Category arguments on top:
+itself is computed by ``attnlab.kernels.attention`` only. The category comes in one of two forms:
 
-* ``score`` / ``normalizer`` / ``target``: registered names (kernels). Score parameters, if any, are
-  per head: ``score_params`` holds ``kernels.init_params(score, rng, D, num_heads=H)`` as nnx.Params
-  (leading [H] axis).
-* ``head_mode``: ``"split"`` (Vaswani et al.: project to qkv_features, split into H heads of
-  D = qkv_features / H) or ``"copy"`` (GAT-style: every head projects the full input with its own
-  weights, D = qkv_features).
-* ``head_merge``: ``"concat"`` (out kernel [H, D, out]) or ``"mean"`` (heads averaged, out kernel
-  [D, out]).
-* ``num_kv_heads``: GQA / MQA (query head h reads kv head h // (H / H_kv)).
+* short form, keywords on top of flax's: ``MultiHeadAttention(4, 32, score="additive",
+  normalizer="entmax15", rngs=rngs)`` (also head_mode, head_merge, num_kv_heads, dropout_rate,
+  score_kwargs, normalizer_kwargs, target_kwargs, impl);
+* spec form (models use it): ``MultiHeadAttention(spec.num_heads, 32, attention=spec, rngs=rngs)``
+  with an ``attnlab.AttentionSpec``; ``num_heads`` must equal ``spec.num_heads`` and the category
+  keywords stay unset. The layer keeps the very spec object.
+
+Either way ``layer.attention`` is the spec, passed to the kernel unchanged, and ``layer.score`` etc.
+read from it. Score parameters, if any, are per head: ``score_params`` holds
+``kernels.init_params(score, rng, D, num_heads=H, **score_kwargs)`` as nnx.Params (leading [H]).
+``head_mode``: ``"split"`` (Vaswani et al.: project to qkv_features, split into H heads of
+D = qkv_features / H) or ``"copy"`` (GAT-style: every head projects the full input with its own
+weights, D = qkv_features). ``head_merge``: ``"concat"`` (out kernel [H, D, out]) or ``"mean"``
+(heads averaged, out kernel [D, out]). ``num_kv_heads``: GQA / MQA (query head h reads kv head
+h // (H / H_kv)).
 
 Randomness: dropout on the attention weights draws from the ``dropout`` rng stream, hard-attention
 sampling (stochastic targets) from the ``attention`` stream; both only when not deterministic.
@@ -33,6 +39,7 @@ head (``broadcast_dropout`` is accepted for signature compatibility).
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any
 
@@ -45,13 +52,15 @@ from flax.nnx.nn import initializers
 from flax.nnx.nn.linear import LinearGeneral, default_kernel_init
 
 from attnlab import kernels
+from attnlab.attention_spec import AttentionSpec, SpecError
 from attnlab.kernels import dropout as _dropout
 from attnlab.modules import _checks
 
 Array = jax.Array
-HEAD_MODES = ("split", "copy")
-HEAD_MERGES = ("concat", "mean")
 _NAME = "MultiHeadAttention"
+# The short form's category keywords: with attention= they must keep their defaults.
+_CATEGORY = ("num_kv_heads", "dropout_rate", "score", "normalizer", "target", "head_mode", "head_merge",
+             "score_kwargs", "normalizer_kwargs", "target_kwargs", "impl")
 
 
 class MultiHeadAttention(nnx.Module):
@@ -68,22 +77,27 @@ class MultiHeadAttention(nnx.Module):
                rngs: nnx.Rngs, keep_rngs: bool = True, score: str = "scaled_dot",
                normalizer: str = "softmax", target: str = "soft", head_mode: str = "split",
                head_merge: str = "concat", score_kwargs: dict | None = None,
-               normalizer_kwargs: dict | None = None, target_kwargs: dict | None = None):
-    self.num_heads = _checks.positive_int(_NAME, "num_heads", num_heads)
+               normalizer_kwargs: dict | None = None, target_kwargs: dict | None = None,
+               impl: str = "auto", attention: AttentionSpec | None = None):
+    if attention is None:
+      _checks.positive_int(_NAME, "num_heads", num_heads)
+      _checks.rate(_NAME, "dropout_rate", dropout_rate)
+      try:
+        attention = AttentionSpec(
+            score=score, normalizer=normalizer, target=target, head_mode=head_mode,
+            head_merge=head_merge, num_heads=num_heads, num_kv_heads=num_kv_heads,
+            score_kwargs=score_kwargs or {}, normalizer_kwargs=normalizer_kwargs or {},
+            target_kwargs=target_kwargs or {}, dropout=dropout_rate, impl=impl)
+      except SpecError as e:
+        raise e.named(f"{_NAME}: ") from None
+    else:
+      _check_spec_form(attention, num_heads, locals())
+    self.attention = attention
     self.in_features = in_features
     self.qkv_features = qkv_features if qkv_features is not None else in_features
     self.out_features = out_features if out_features is not None else in_features
     self.in_kv_features = in_kv_features if in_kv_features is not None else in_features
-    self.num_kv_heads = _checks.positive_int(
-        _NAME, "num_kv_heads", num_kv_heads if num_kv_heads is not None else num_heads)
-    _checks.divides(_NAME, "num_kv_heads", self.num_kv_heads, "num_heads", self.num_heads)
-    self.head_mode = _checks.choice(_NAME, "head_mode", head_mode, HEAD_MODES)
-    self.head_merge = _checks.choice(_NAME, "head_merge", head_merge, HEAD_MERGES)
-    self.score = _checks.registered(_NAME, "score", "score", score)
-    self.normalizer = _checks.registered(_NAME, "normalizer", "normalizer", normalizer)
-    self.target = _checks.registered(_NAME, "target", "target", target)
-    self.stochastic_target = kernels.get_target(target).stochastic
-    self.dropout_rate = _checks.rate(_NAME, "dropout_rate", dropout_rate)
+    self.stochastic_target = kernels.get_target(attention.target).stochastic
     if self.head_mode == "split":
       _checks.divides(_NAME, "num_heads", self.num_heads, "qkv_features", self.qkv_features)
       self.head_dim = self.qkv_features // self.num_heads
@@ -93,8 +107,6 @@ class MultiHeadAttention(nnx.Module):
     self.broadcast_dropout = broadcast_dropout
     self.deterministic, self.decode = deterministic, decode
     self.use_bias, self.normalize_qk = use_bias, normalize_qk
-    self.normalizer_kwargs = nnx.static(dict(normalizer_kwargs or {}))
-    self.target_kwargs = nnx.static(dict(target_kwargs or {}))
 
     dense = lambda fin, fout, **kw: LinearGeneral(
         fin, fout, dtype=dtype, param_dtype=param_dtype, kernel_init=kw.get("k", kernel_init),
@@ -109,12 +121,12 @@ class MultiHeadAttention(nnx.Module):
       self.query_ln, self.key_ln = ln(), ln()
     else:
       self.query_ln, self.key_ln = nnx.data(None), nnx.data(None)
-    out_in = (self.num_heads, self.head_dim) if head_merge == "concat" else self.head_dim
+    concat = self.head_merge == "concat"
+    out_in = (self.num_heads, self.head_dim) if concat else self.head_dim
     self.out = dense(out_in, self.out_features, k=out_kernel_init or kernel_init,
-                     b=out_bias_init or bias_init,
-                     axis=(-2, -1) if head_merge == "concat" else -1)
-    params = kernels.init_params(score, rngs.params(), self.head_dim, num_heads=self.num_heads,
-                                 **(score_kwargs or {}))
+                     b=out_bias_init or bias_init, axis=(-2, -1) if concat else -1)
+    params = kernels.init_params(self.score, rngs.params(), self.head_dim, num_heads=self.num_heads,
+                                 **attention.score_kwargs)
     self.score_params = nnx.data(None if params is None else jax.tree.map(nnx.Param, params))
     self.rngs = rngs.dropout.fork() if keep_rngs and self.dropout_rate > 0 else nnx.data(None)
     self.attention_rngs = (rngs.attention.fork() if keep_rngs and self.stochastic_target
@@ -122,6 +134,16 @@ class MultiHeadAttention(nnx.Module):
     self.cached_key = nnx.data(None)
     self.cached_value = nnx.data(None)
     self.cache_index = nnx.data(None)
+
+  # The category, read from the spec (one source of truth).
+  num_heads = property(lambda self: self.attention.num_heads)
+  num_kv_heads = property(lambda self: self.attention.num_kv_heads or self.attention.num_heads)
+  score = property(lambda self: self.attention.score)
+  normalizer = property(lambda self: self.attention.normalizer)
+  target = property(lambda self: self.attention.target)
+  head_mode = property(lambda self: self.attention.head_mode)
+  head_merge = property(lambda self: self.attention.head_merge)
+  dropout_rate = property(lambda self: self.attention.dropout)
 
   def init_cache(self, input_shape: tuple[int, ...], dtype: Any = jnp.float32) -> None:
     """Cache for autoregressive decoding; ``input_shape`` = [batch..., max_length, features]."""
@@ -223,7 +245,7 @@ class MultiHeadAttention(nnx.Module):
     use_dropout = train and self.dropout_rate > 0
     sample = train and self.stochastic_target
     rng = self._rng(rngs, use_dropout, sample)
-    target, target_kwargs = self.target, dict(self.target_kwargs)
+    target, target_kwargs = self.target, dict(self.attention.target_kwargs)
     if use_dropout:
       target = _dropout.with_weight_dropout(self.target)
       target_kwargs["dropout_rate"] = self.dropout_rate
@@ -245,8 +267,9 @@ class MultiHeadAttention(nnx.Module):
     result = kernels.attention(
         q4, k4, v4, score=self.score, normalizer=self.normalizer, target=target, mask=mask,
         causal=is_causal, params=params, rng=rng, return_weights=want_weights, return_aux=True,
-        deterministic=not (use_dropout or sample), normalizer_kwargs=dict(self.normalizer_kwargs),
-        target_kwargs=target_kwargs)
+        deterministic=not (use_dropout or sample),
+        normalizer_kwargs=dict(self.attention.normalizer_kwargs), target_kwargs=target_kwargs,
+        impl=self.attention.impl)
     x, aux = result[0], result[-1]  # x [B, Lq, H, D]
     x = x.reshape((*batch, lq, self.num_heads, self.head_dim))
     if self.head_merge == "mean":
@@ -262,3 +285,19 @@ class MultiHeadAttention(nnx.Module):
     if return_aux:
       outputs += (jax.tree.map(lambda a: a.reshape((*batch, self.num_heads, lq)), aux),)
     return outputs[0] if len(outputs) == 1 else outputs
+
+
+def _check_spec_form(attention: Any, num_heads: Any, given: dict[str, Any]) -> None:
+  """``attention=`` carries the whole category: num_heads must agree, the short-form keywords unset."""
+  if not isinstance(attention, AttentionSpec):
+    raise TypeError(f"{_NAME}: attention must be an attnlab.AttentionSpec, got {type(attention).__name__}")
+  if attention.graph:
+    raise ValueError(f"{_NAME}: attention is a graph attention spec (graph=True); use GraphAttention")
+  if num_heads != attention.num_heads:
+    raise ValueError(f"{_NAME}: num_heads={num_heads!r} differs from attention.num_heads="
+                     f"{attention.num_heads}; pass MultiHeadAttention(attention.num_heads, ...)")
+  defaults = inspect.signature(MultiHeadAttention.__init__).parameters
+  both = [k for k in _CATEGORY if given[k] != defaults[k].default]
+  if both:
+    raise ValueError(f"{_NAME}: give the category either as keywords or as attention=AttentionSpec(...), "
+                     f"not both; got attention= and {', '.join(f'{k}={given[k]!r}' for k in both)}")

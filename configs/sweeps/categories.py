@@ -25,9 +25,9 @@ def get_config(arg=None):
   c.name = "categories"
   c.seeds = (0, 1, 2)
   c.overrides = {"train": {"checkpoint_every": 0}}
-  score = "model.options.score"
-  target = "model.options.target"
-  heads, mode = "model.options.num_heads", "model.options.head_mode"
+  score = "model.attention.score"
+  target = "model.attention.target"
+  heads, mode = "model.attention.num_heads", "model.attention.head_mode"
   c.grids = [
       {"group": "score", "config": "assoc_recall", "axes": {score: SCORES}},
       {"group": "score", "config": "reverse", "axes": {score: SCORES}},

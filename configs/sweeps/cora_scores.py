@@ -24,5 +24,5 @@ def get_config(arg=None):
   c.seeds = tuple(range(10))
   base = config_lib.load_file("configs/cora_gat.py")
   c.overrides = {"data_dir": config_dict.placeholder(str), "dataset": arg or base.dataset}
-  c.grids = [{"group": "graph_score", "config": "cora_gat", "axes": {"model.options.score": SCORES}}]
+  c.grids = [{"group": "graph_score", "config": "cora_gat", "axes": {"model.attention.score": SCORES}}]
   return c

@@ -20,8 +20,8 @@ def get_config(arg=None):
     c.overrides.task = {"knobs": {"eval_size": 64}}
     c.overrides.model = {"options": {"d_model": 16, "num_layers": 1}}
   c.grids = [
-      {"group": "score", "config": "assoc_recall", "axes": {"model.options.score": ["dot", "additive"]}},
-      {"group": "graph", "config": "karate", "axes": {"model.options.score": ["additive", "uniform"]}},
+      {"group": "score", "config": "assoc_recall", "axes": {"model.attention.score": ["dot", "additive"]}},
+      {"group": "graph", "config": "karate", "axes": {"model.attention.score": ["additive", "uniform"]}},
   ]
   if tiny:  # 2 runs (the tests kill and resume it); the shrunken overrides fit assoc_recall only
     c.grids = c.grids[:1]
