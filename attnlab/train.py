@@ -157,21 +157,9 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str
   total, every = config.train.steps, config.train.eval_every
   mesh = parallel.make_mesh()
   data = RunData(task, config, seeds, mesh)
-  es_metrics = config_lib.early_stopping_metrics(config)
-  grid, lrs = bool(config.optim.learning_rates), tuning.rates(config.optim)
-  _check_metrics(task, {"train.early_stopping.metrics": es_metrics,
-                        "train.reach_metric": (config.train.reach_metric,),
-                        "optim.select_metric": (config.optim.select_metric,) if grid else ()})
-  patience = config.train.early_stopping.patience
-  tx = steps.make_optimizer(config.optim, total, grid=grid)
-  prog = steps.build(cls, task.spec, config.model.options.to_dict(), task.family, tx,
-                     es_metrics=es_metrics, patience=patience, seed_axis=data.seed_axis,
-                     eval_seed_axis=data.eval_seed_axis, static_train=data.static,
-                     metric_names=tuple(task.metrics), num_rates=len(lrs),
-                     curve_metric=config.train.reach_metric, reach_value=config.train.reach_value)
-  keys = jnp.stack([prng.key(s) for _ in lrs for s in seeds])  # jax.random.key's bits, a faster hash
-  params, rest, opt_state = prog.init(keys, jnp.repeat(jnp.asarray(lrs, jnp.float32), len(seeds))
-                                      if grid else None)
+  prog, keys, rates = programs(config, task, cls, data)
+  params, rest, opt_state = prog.init(keys, rates)
+  lrs = tuning.rates(config.optim)
   es = prog.es_init(params, rest, total)
   state = parallel.replicate((params, rest, opt_state, es), mesh)
   step, ckpt_dir = 0, workdir / "checkpoints"
@@ -235,12 +223,26 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str
   return _finish(config, workdir, prog, task, data, state, val, step, time.time() - start_time)
 
 
-def _check_metrics(task: Any, wanted: dict[str, tuple[str, ...]]) -> None:
-  for key, names in wanted.items():
-    missing = [m for m in names if m not in task.metrics]
-    if missing:
+def programs(config: ml_collections.ConfigDict, task: Any, cls: type,
+             data: RunData) -> tuple[steps.Programs, jax.Array, jax.Array | None]:
+  """The run's compiled programs and its members' init inputs: keys [R·S] and rates [R·S] (None
+  without a rate grid); members are (rate, seed), rate-major."""
+  es_metrics = config_lib.early_stopping_metrics(config)
+  grid, lrs = bool(config.optim.learning_rates), tuning.rates(config.optim)
+  for key, names in (("train.early_stopping.metrics", es_metrics),
+                     ("train.reach_metric", (config.train.reach_metric,)),
+                     ("optim.select_metric", (config.optim.select_metric,) if grid else ())):
+    if missing := [m for m in names if m not in task.metrics]:
       raise ValueError(f"config: {key} {missing} are not metrics of task {task.name!r}: "
                        f"{', '.join(task.metrics)}")
+  tx = steps.make_optimizer(config.optim, config.train.steps, grid=grid)
+  prog = steps.build(cls, task.spec, config.model.options.to_dict(), task.family, tx,
+                     es_metrics=es_metrics, patience=config.train.early_stopping.patience,
+                     seed_axis=data.seed_axis, eval_seed_axis=data.eval_seed_axis,
+                     static_train=data.static, metric_names=tuple(task.metrics), num_rates=len(lrs),
+                     curve_metric=config.train.reach_metric, reach_value=config.train.reach_value)
+  keys = jnp.stack([prng.key(s) for _ in lrs for s in data.seeds])  # jax.random.key's bits, faster
+  return prog, keys, jnp.repeat(jnp.asarray(lrs, jnp.float32), len(data.seeds)) if grid else None
 
 
 def _finish(config: ml_collections.ConfigDict, workdir: pathlib.Path, prog: steps.Programs, task: Any,

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from attnlab import (config as config_lib, modules, parallel, prng, report, results, sparsity, steps, sweep,
-                     train, tuning)
+from attnlab import (config as config_lib, modules, parallel, report, results, sparsity, steps, sweep, train,
+                     tuning)
 from attnlab.models import attention_maps, sow_enabled
 from attnlab.rundata import RunData
 from tests.test_runner import TOY, toy_config, toy_sweep
@@ -83,20 +83,14 @@ def test_grid_program_params_equal_each_rate_alone():
   shift of its row), which Adam would scale up to full steps."""
   cfg = tuned_config()
   cfg.optim.name = "sgd"
-  task, seeds = train.make_task(cfg), [0, 1]
-  cls, mesh = train.model_class(cfg, task), parallel.make_mesh()
-  data = RunData(task, cfg, seeds, mesh)
+  cfg.train.early_stopping.patience = 0
+  task = train.make_task(cfg)
+  data = RunData(task, cfg, [0, 1], parallel.make_mesh())
 
   def trained(rates):
-    grid = len(rates) > 1
-    if not grid:
-      cfg.optim.learning_rate = rates[0]
-    prog = steps.build(cls, task.spec, cfg.model.options.to_dict(), task.family,
-                       steps.make_optimizer(cfg.optim, 12, grid=grid), es_metrics=("loss",), patience=0,
-                       seed_axis=data.seed_axis, eval_seed_axis=data.eval_seed_axis, static_train=False,
-                       metric_names=tuple(task.metrics), num_rates=len(rates))
-    keys = jnp.stack([prng.key(s) for _ in rates for s in seeds])
-    params, rest, opt = prog.init(keys, jnp.repeat(jnp.asarray(rates, jnp.float32), 2) if grid else None)
+    cfg.optim.learning_rates, cfg.optim.learning_rate = (rates, 0.5) if len(rates) > 1 else ((), rates[0])
+    prog, keys, lrs = train.programs(cfg, task, train.model_class(cfg, task), data)
+    params, rest, opt = prog.init(keys, lrs)
     es = prog.es_init(params, rest, 12)
     params, *_ = prog.train_chunk(params, rest, opt, es, data.train(0, 12, 12), jnp.ones((12,), bool), 0)
     return params
