@@ -13,6 +13,10 @@ A run config is a locked ``ml_collections.ConfigDict`` (unknown keys and type ch
                          member's options are checked when the spec is made)
     optim.name           adam | adamw | sgd
     optim.learning_rate  peak learning rate
+    optim.learning_rates  a grid of peak rates trained together with the seeds (one vmapped program,
+                         member = (rate, seed)); each run keeps the rate with the best mean val
+                         ``optim.select_metric`` over its seeds (attnlab.tuning). () = learning_rate alone
+    optim.select_metric  the val metric the rate is chosen by (losses minimised, others maximised)
     optim.weight_decay   adam/sgd: L2 added to the gradient (PyTorch ``weight_decay``); adamw: decoupled
     optim.warmup_steps   linear warm-up from 0
     optim.schedule       constant | cosine (decay to 0 at train.steps)
@@ -26,7 +30,11 @@ A run config is a locked ``ml_collections.ConfigDict`` (unknown keys and type ch
     train.seeds          tuple of seeds, trained together in one vmapped program
     train.early_stopping.patience  evaluations without improvement before a seed stops (0 = off)
     train.early_stopping.metrics   comma-separated val metrics, e.g. "loss,accuracy" (GAT's rule)
-    train.attention_maps  save attention weights of one val example (``attention.npz``) at the end
+    train.attention_maps  save attention weights of one val example (``attention.npz``) and the
+                         fraction of exact zeros in the attention weights on val data, at the end
+    train.reach_metric   the val metric of the learning-speed measures: steps to reach
+    train.reach_value    (first evaluation at which it is >= the value, <= for losses; None = not
+                         measured) and the area under its val curve (recorded always; attnlab.tuning)
 
 Config files (``configs/*.py``) define ``get_config(arg=None)`` that starts from ``base_config()``.
 Extra top-level scalar fields are allowed as aliases (``c.data_dir`` referenced by
@@ -84,12 +92,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict({"name": "", "options": {}})
   c.model.attention = attention_config()
   c.optim = ml_collections.ConfigDict({
-      "name": "adamw", "learning_rate": 1e-3, "weight_decay": 0.0, "warmup_steps": 0,
-      "schedule": "constant", "clip_norm": 0.0, "b1": 0.9, "b2": 0.999})
+      "name": "adamw", "learning_rate": 1e-3, "learning_rates": (), "select_metric": "accuracy",
+      "weight_decay": 0.0, "warmup_steps": 0, "schedule": "constant", "clip_norm": 0.0, "b1": 0.9,
+      "b2": 0.999})
   c.train = ml_collections.ConfigDict({
       "steps": 1000, "batch_size": 32, "eval_every": 100, "eval_batch_size": 1024,
       "checkpoint_every": 0, "seeds": (0,), "attention_maps": True,
-      "early_stopping": {"patience": 0, "metrics": "accuracy"}})
+      "early_stopping": {"patience": 0, "metrics": "accuracy"},
+      "reach_metric": "accuracy", "reach_value": ml_collections.config_dict.placeholder(float)})
   return c
 
 
@@ -186,8 +196,34 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config[section][key] < 0:
       raise ValueError(f"config: {section}.{key} must be >= 0, got {config[section][key]}")
   _check_numbers(to_dict(config))
+  _check_tuning(config)
   if not early_stopping_metrics(config):
     raise ValueError("config: train.early_stopping.metrics is empty; e.g. 'accuracy' or 'loss,accuracy'")
+
+
+MAX_RATES = 16  # learning rates in one grid: every one multiplies the run's memory and compute
+
+
+def _check_tuning(config: ml_collections.ConfigDict) -> None:
+  """optim.learning_rates: distinct positive finite numbers; train.reach_*: a metric and a value."""
+  rates = config.optim.learning_rates
+  if (not isinstance(rates, (tuple, list)) or len(rates) > MAX_RATES
+      or not all(_is_number(r) and math.isfinite(r) and r > 0 for r in rates)
+      or len(set(rates)) != len(rates)):
+    raise ValueError(f"config: optim.learning_rates must be a tuple of at most {MAX_RATES} distinct "
+                     f"numbers in (0, inf) (() = optim.learning_rate alone), got {rates!r}")
+  for key in ("optim.select_metric", "train.reach_metric"):
+    node, last = _locate(config, key)
+    if not node[last].strip() or "," in node[last]:
+      raise ValueError(f"config: {key} must name one val metric, e.g. 'accuracy', got {node[last]!r}")
+  value = config.train.reach_value
+  if value is not None and "accuracy" in config.train.reach_metric and not 0 < value <= 1:
+    raise ValueError(f"config: train.reach_value={value} is out of range for "
+                     f"{config.train.reach_metric!r}; valid: (0, 1] (None = not measured)")
+
+
+def _is_number(x: Any) -> bool:
+  return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
 # Valid ranges of float fields: whole keys, or for task.knobs and model.options the last part.

@@ -68,7 +68,7 @@ def write_all(workdir: pathlib.Path, rows: list[Any], metric: str, split: str) -
     for ax, (task, rs) in zip(axes[0], tasks.items()):
       for r in rs:
         run_dir = _run_dir(workdir, r.run_id)
-        curve = learning_curves(run_dir, metric) if run_dir else None
+        curve = learning_curves(run_dir, metric, r.rate_index, r.num_rates) if run_dir else None
         if curve is not None:
           ax.plot(*curve, label=r.variant)
           any_curve = True

@@ -1,23 +1,26 @@
 """``attnlab report DIR``: the comparison table of a sweep, and its plots.
 
 Rows are grouped by the category compared (the sub-grid's ``group``) and task; each row is a
-variant with the mean ± half-width of the 95% Student-t confidence interval over seeds
-(t_{0.975, n-1} · s / √n, s with ddof=1). Within every (category, task) block the best mean is
-marked ★, and rows whose difference from the best is not significant (Welch's t-test, p ≥ 0.05)
-are marked ≈: those variants do not differ on this evidence. Seeds that diverged (a non-finite
-training loss) are counted in the seeds column and left out of mean, CI and test; a variant whose
-seeds all diverged shows "diverged". Written to ``DIR/report.md``; an unknown metric or split, or
-no results, is an error that leaves an existing report as it is.
+variant (attnlab.compare computes the rows: the rate chosen on val, mean ± half-width of the 95%
+Student-t CI over seeds, t_{0.975, n-1} · s / √n with s of ddof=1, paired tests against the block's
+best, Holm-corrected). Columns: the compared metric with ★ (best in its block) or ≈ (not
+significantly different from the best after Holm), the Holm-adjusted p-value against the best, the
+val mean, the learning rate (⚠: at the edge of its grid, widen the grid), steps to the val threshold
+(mean ± CI over the seeds that reached it, "reached/seeds"), the val-curve area (attnlab.tuning)
+and, when recorded, the % of exact zeros in the attention weights (attnlab.sparsity). A field that
+results lines of older runs lack shows "-". Seeds that diverged (a non-finite training loss) are
+counted in the seeds column and left out of everything else; a variant whose seeds all diverged
+shows "diverged". Written to ``DIR/report.md``; an unknown metric or split, or no results, is an
+error that leaves an existing report as it is.
 
 Plots (matplotlib, the ``plots`` extra, imported only here) go to ``DIR/plots/``: the metric per
-variant per task (``<group>.png``), val learning curves from each run's metrics.jsonl
-(``curves_<group>.png``), and attention maps of one val example per variant
+variant per task (``<group>.png``), val learning curves from each run's metrics.jsonl at its chosen
+rate (``curves_<group>.png``), and attention maps of one val example per variant
 (``attention_<group>_<task>.png``).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import pathlib
@@ -26,21 +29,7 @@ from typing import Any
 import numpy as np
 
 from attnlab import results
-from attnlab.sweep import label
-
-
-@dataclasses.dataclass
-class Row:
-  group: str
-  task: str
-  variant: str
-  run_id: str
-  values: list[float]
-  mean: float
-  ci: float
-  val_mean: float
-  diverged: int = 0
-  mark: str = ""
+from attnlab.compare import Row, rows  # noqa: F401  (report.rows, report.Row: the table's rows)
 
 
 class NoResults(ValueError):
@@ -57,20 +46,6 @@ def load(workdir: pathlib.Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
   return meta, results.dedupe(results.read_lines(path))
 
 
-def welch_p(a: list[float], b: list[float]) -> float:
-  """Two-sided p-value of Welch's t-test (NaN with fewer than 2 values per side)."""
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  if a.size < 2 or b.size < 2:
-    return math.nan
-  va, vb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
-  if va + vb == 0:
-    return 1.0 if a.mean() == b.mean() else 0.0
-  t = abs(a.mean() - b.mean()) / math.sqrt(va + vb)
-  df = (va + vb) ** 2 / (va ** 2 / (a.size - 1) + vb ** 2 / (b.size - 1))
-  from scipy import special  # pylint: disable=g-import-not-at-top
-  return float(special.betainc(df / 2, 0.5, df / (df + t * t)))
-
-
 def check_choice(records: list[dict[str, Any]], metric: str, split: str) -> None:
   """ValueError naming the valid splits or metrics if ``split`` or ``metric`` is not in ``records``."""
   splits = sorted({s for r in records for s in r["metrics"]})
@@ -82,79 +57,88 @@ def check_choice(records: list[dict[str, Any]], metric: str, split: str) -> None
                      f"{', '.join(metrics)}")
 
 
-def _ok(record: dict[str, Any]) -> bool:
-  return record.get("status", results.STATUS_OK) == results.STATUS_OK
-
-
-def _values(recs: list[dict[str, Any]], split: str, metric: str) -> list[float]:
-  return [r["metrics"][split][metric] for r in recs
-          if _ok(r) and r["metrics"].get(split, {}).get(metric) is not None]
-
-
-def rows(records: list[dict[str, Any]], metric: str = "accuracy", split: str = "test") -> list[Row]:
-  """One row per run point, in first-seen order, with the marks of the module docstring."""
-  by_run: dict[str, list[dict[str, Any]]] = {}
-  for r in records:
-    by_run.setdefault(results.canonical(r["run"]), []).append(r)
-  out = []
-  for recs in by_run.values():
-    point = recs[0]["run"]
-    values, diverged = _values(recs, split, metric), sum(not _ok(r) for r in recs)
-    if not values and not diverged:
-      continue
-    mean, ci, _ = results.mean_ci(values)
-    val = _values(recs, "val", metric)
-    out.append(Row(point["group"], point["task"], label(point), recs[0].get("run_id", ""), values, mean,
-                   ci, float(np.mean(val)) if val else math.nan, diverged))
-  lower_better = "loss" in metric
-  for block in _blocks(out).values():
-    block = [r for r in block if r.values]
-    if not block:
-      continue
-    best = min(block, key=lambda r: r.mean) if lower_better else max(block, key=lambda r: r.mean)
-    for r in block:
-      if len(block) < 2:
-        continue
-      if r is best:
-        r.mark = "★"
-      elif welch_p(r.values, best.values) >= 0.05:
-        r.mark = "≈"
-  return out
-
-
-def _blocks(rs: list[Row]) -> dict[tuple[str, str], list[Row]]:
-  blocks: dict[tuple[str, str], list[Row]] = {}
-  for r in rs:
-    blocks.setdefault((r.group, r.task), []).append(r)
-  return blocks
-
-
 _DIVERGED_NOTE = (" Seeds that diverged (non-finite training loss) are counted in the seeds column "
                   "and left out of mean, CI and marks.")
+
+
+_ZEROS_NOTE = (" zeros: % exact zeros in the attention weights on val data, masked positions included "
+               "(the softmax row shows the masks' share).")
 
 
 def _fmt(x: float, scale: float) -> str:
   return "–" if math.isnan(x) else f"{x * scale:.1f}"
 
 
+def _ci_cell(values: list[float], scale: float, digits: int = 1) -> str:
+  if not values:
+    return "-"
+  mean, ci, _ = results.mean_ci(values)
+  return f"{mean * scale:.{digits}f} ± " + ("–" if math.isnan(ci) else f"{ci * scale:.{digits}f}")
+
+
+def _p_cell(p: float) -> str:
+  return "" if math.isnan(p) else ("<0.001" if p < 0.001 else f"{p:.3f}")
+
+
+def _lr_cell(r: Row) -> str:
+  return "-" if r.lr is None else f"{r.lr:g}" + (" ⚠" if r.lr_edge else "")
+
+
+def _steps_cell(r: Row) -> str:
+  if r.reach is None or r.reach[1] is None:
+    return "-"
+  return f"{_ci_cell(r.reach_steps, 1.0, 0) if r.reach_steps else '–'} ({len(r.reach_steps)}/{r.reach_of})"
+
+
+def _cells(r: Row, pct: float, speed_pct: float, zeros: bool) -> list[str]:
+  cell = f"{_fmt(r.mean, pct)} ± {_fmt(r.ci, pct)}" if r.values else "diverged"
+  if r.mark == "★":
+    cell = f"**{cell}** ★"
+  elif r.mark:
+    cell = f"{cell} {r.mark}"
+  seeds = f"{len(r.values)} (+{r.diverged} diverged)" if r.diverged else f"{len(r.values)}"
+  out = [r.task, r.variant, cell, _p_cell(r.p), _fmt(r.val_mean, pct), _lr_cell(r), _steps_cell(r),
+         _ci_cell(r.auc, speed_pct)]
+  if zeros:
+    out.append(f"{100 * np.mean(r.sparsity):.1f}" if r.sparsity else "-")
+  return out + [seeds]
+
+
+def _speed_header(rs: list[Row]) -> tuple[str, str, float]:
+  """(steps column, AUC column, scale of the AUC) of a group."""
+  metrics = {r.reach[0] for r in rs if r.reach is not None}
+  metric = metrics.pop() if len(metrics) == 1 else "metric"
+  scale, unit = (100.0, " (%)") if "accuracy" in metric else (1.0, "")
+  op = "≤" if results.minimised(metric) else "≥"
+  values = {r.reach[1] for r in rs if r.reach is not None and r.reach[1] is not None}
+  steps = (f"steps to val {metric} {op} {values.pop():g}" if len(values) == 1 and metric != "metric"
+           else "steps to val threshold")
+  return steps, f"val {metric} AUC{unit}", scale
+
+
 def markdown(rs: list[Row], meta: dict[str, Any], metric: str = "accuracy", split: str = "test") -> str:
   pct = 100.0 if "accuracy" in metric else 1.0
   unit = " (%)" if pct == 100.0 else ""
   lines = [f"# Sweep `{meta.get('name', '?')}`: {split} {metric}{unit}", "",
-           f"Mean ± 95% CI (Student t over seeds). ★ best in its block; ≈ not significantly different "
-           f"from the best (Welch t-test, p ≥ 0.05)." + (_DIVERGED_NOTE if any(r.diverged for r in rs) else ""),
-           ""]
+           f"Mean ± 95% CI (Student t over seeds), at each variant's learning rate chosen on val {metric} "
+           f"(⚠: at the edge of its grid). ★ best in its block; ≈ not significantly different from "
+           f"the best: paired t-test over seeds (Welch's when < 2 seeds are shared), Holm-corrected "
+           f"within the block, p ≥ 0.05 (the p column). Steps: the first evaluation at which the val "
+           f"metric reached the threshold, over the seeds that reached it (reached/seeds); AUC: the "
+           f"mean val metric over the evaluations of the step budget, stopped seeds holding their "
+           f"last value." + (_ZEROS_NOTE if any(r.sparsity for r in rs) else "") + " - = not recorded."
+           + (_DIVERGED_NOTE if any(r.diverged for r in rs) else ""), ""]
   for group in dict.fromkeys(r.group for r in rs):
-    lines += [f"## {group}", "", f"| task | variant | {split} {metric}{unit} | val {metric}{unit} | seeds |",
-              "|---|---|---|---|---|"]
-    for r in (r for r in rs if r.group == group):
-      cell = f"{_fmt(r.mean, pct)} ± {_fmt(r.ci, pct)}" if r.values else "diverged"
-      if r.mark == "★":
-        cell = f"**{cell}** ★"
-      elif r.mark:
-        cell = f"{cell} {r.mark}"
-      seeds = f"{len(r.values)} (+{r.diverged} diverged)" if r.diverged else f"{len(r.values)}"
-      lines.append(f"| {r.task} | {r.variant} | {cell} | {_fmt(r.val_mean, pct)} | {seeds} |")
+    grs = [r for r in rs if r.group == group]
+    steps, auc, speed_pct = _speed_header(grs)
+    zeros = any(r.sparsity for r in grs)
+    header = ["task", "variant", f"{split} {metric}{unit}", "p (Holm)", f"val {metric}{unit}", "lr", steps,
+              auc] + (["zeros (%)"] if zeros else []) + ["seeds"]
+    lines += [f"## {group}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_cells(r, pct, speed_pct, zeros)) + " |" for r in grs]
+    edge = [f"{r.variant} ({r.task})" for r in grs if r.lr_edge]
+    if edge:
+      lines += ["", f"⚠ learning rate at the edge of its grid, widen the grid: {', '.join(edge)}"]
     lines.append("")
   return "\n".join(lines)
 
@@ -178,8 +162,10 @@ def write(workdir: str, *, metric: str = "accuracy", split: str = "test", plots:
   return text
 
 
-def learning_curves(run_dir: pathlib.Path, metric: str) -> tuple[np.ndarray, np.ndarray] | None:
-  """(steps, mean over seeds of the val metric) from a run's metrics.jsonl."""
+def learning_curves(run_dir: pathlib.Path, metric: str, rate_index: int = 0,
+                    num_rates: int = 1) -> tuple[np.ndarray, np.ndarray] | None:
+  """(steps, mean over seeds of the val metric) from a run's metrics.jsonl, at rate ``rate_index``
+  of a grid of ``num_rates`` (its members are rate-major: attnlab.train)."""
   path = run_dir / "metrics.jsonl"
   if not path.exists():
     return None
@@ -188,7 +174,8 @@ def learning_curves(run_dir: pathlib.Path, metric: str) -> tuple[np.ndarray, np.
     try:
       r = json.loads(line)
       if r.get("split") == "val" and metric in r:
-        pts.append((int(r["step"]), float(np.mean(r[metric]))))
+        per_member = np.asarray(r[metric], np.float64).reshape(num_rates, -1)
+        pts.append((int(r["step"]), float(np.mean(per_member[rate_index]))))
     except (ValueError, TypeError, KeyError, AttributeError):  # a torn line of a killed run
       continue
   if not pts:

@@ -13,6 +13,11 @@ writing FILE`` (``writing``).
 Schema. A results line is ``{"run": {"group", "task", ...}, "seed": int, "metrics": {split:
 {metric: number or null}}, "status": "ok" | "diverged at step N", ...}``; ``read_lines`` skips a
 line that is torn, not JSON or not of this shape, with a warning naming the file, line and fault.
+Optional fields (attnlab.tuning; lines written before them lack them): ``learning_rate`` (the rate
+of ``metrics``), ``reach`` {"metric", "value"} with ``reach_step`` (int, or null: not reached) and
+``auc`` (number or null), ``attention_sparsity`` (number or null), and for a learning-rate grid
+``select_metric`` and ``per_rate``: one {"learning_rate", "metrics", "status", "best_step",
+"stopped_at", "reach_step", "auc"} per rate of the grid.
 """
 
 from __future__ import annotations
@@ -20,13 +25,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
-import math
 import os
 import pathlib
 import warnings
 from typing import IO, Any, Callable, Iterable, Iterator
 
 import numpy as np
+
+from attnlab.stats import mean_ci, t_quantile  # noqa: F401  (re-exported: their old home)
 
 STATUS_OK = "ok"  # a results line's status; otherwise "diverged at step N"
 _DISK_FULL = "no space left on device while writing"
@@ -157,13 +163,64 @@ def schema_fault(record: Any) -> str | None:
     return f"'seed' must be an int >= 0, got {seed!r}"
   if not isinstance(metrics, dict) or not all(isinstance(v, dict) for v in metrics.values()):
     return "'metrics' must be an object of splits, each an object of metrics"
-  for split, per in metrics.items():
-    for name, value in per.items():
-      if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-        return f"metric {split}.{name} must be a number or null, got {value!r}"
+  fault = _metrics_fault(metrics, "metric ")
+  if fault:
+    return fault
   if not isinstance(record.get("status", STATUS_OK), str):
     return f"'status' must be a string, got {record['status']!r}"
+  return _optional_fault(record, "") or _per_rate_fault(record.get("per_rate"))
+
+
+def _number(value: Any) -> bool:
+  return not isinstance(value, bool) and isinstance(value, (int, float))
+
+
+def _metrics_fault(metrics: dict[str, Any], where: str) -> str | None:
+  for split, per in metrics.items():
+    for name, value in per.items():
+      if value is not None and not _number(value):
+        return f"{where}{split}.{name} must be a number or null, got {value!r}"
   return None
+
+
+def _optional_fault(record: dict[str, Any], where: str) -> str | None:
+  """The optional fields of the module docstring, where present, have their types."""
+  for name, ok, what in (("learning_rate", _number, "a number"),
+                         ("reach_step", lambda v: v is None or (_number(v) and isinstance(v, int)),
+                          "an int or null"),
+                         ("auc", lambda v: v is None or _number(v), "a number or null"),
+                         ("attention_sparsity", lambda v: v is None or _number(v), "a number or null"),
+                         ("reach", lambda v: isinstance(v, dict) and isinstance(v.get("metric"), str)
+                          and (v.get("value") is None or _number(v["value"])),
+                          'an object {"metric": str, "value": number or null}')):
+    if name in record and not ok(record[name]):
+      return f"{where}'{name}' must be {what}, got {record[name]!r}"
+  return None
+
+
+def _per_rate_fault(per_rate: Any) -> str | None:
+  if per_rate is None:
+    return None
+  if not isinstance(per_rate, list) or not per_rate:
+    return f"'per_rate' must be a non-empty list, got {per_rate!r}"
+  for i, entry in enumerate(per_rate):
+    where = f"per_rate[{i}]"
+    if not isinstance(entry, dict) or not _number(entry.get("learning_rate")):
+      return f"{where} must be an object with a number 'learning_rate'"
+    metrics = entry.get("metrics")
+    if not isinstance(metrics, dict) or not all(isinstance(v, dict) for v in metrics.values()):
+      return f"{where}.metrics must be an object of splits, each an object of metrics"
+    fault = _metrics_fault(metrics, f"{where}.metrics.") or _optional_fault(entry, f"{where}.")
+    if fault:
+      return fault
+    if not isinstance(entry.get("status", STATUS_OK), str):
+      return f"{where}.status must be a string, got {entry['status']!r}"
+  return None
+
+
+def minimised(metric: str) -> bool:
+  """Whether smaller is better for ``metric`` (losses, errors, perplexities); else larger is."""
+  return "loss" in metric or "error" in metric or "perplexity" in metric
 
 
 def diverged_status(step: int) -> str:
@@ -204,33 +261,3 @@ def summarize(per_metric: dict[str, Any], ok: Iterable[bool] | None = None) -> d
                  "std": (float(kept.std(ddof=1)) if kept.size > 1 else 0.0) if kept.size else None,
                  "n": int(kept.size)}
   return out
-
-
-def t_quantile(p: float, df: int) -> float:
-  """Student-t quantile t_{p, df} (bisection on the CDF via the regularised incomplete beta)."""
-  if not 0.5 <= p < 1 or df < 1:
-    raise ValueError(f"t_quantile: need 0.5 <= p < 1 and df >= 1, got p={p}, df={df}")
-  from scipy import special  # pylint: disable=g-import-not-at-top  (scipy comes with jax)
-
-  def cdf(t: float) -> float:
-    return 1.0 - 0.5 * special.betainc(df / 2.0, 0.5, df / (df + t * t))
-
-  lo, hi = 0.0, 1.0
-  while cdf(hi) < p:
-    hi *= 2.0
-  for _ in range(200):
-    mid = 0.5 * (lo + hi)
-    lo, hi = (mid, hi) if cdf(mid) < p else (lo, mid)
-  return 0.5 * (lo + hi)
-
-
-def mean_ci(values: Iterable[float], level: float = 0.95) -> tuple[float, float, int]:
-  """(mean, half-width of the Student-t ``level`` CI, n); half-width NaN for n < 2."""
-  v = np.asarray(list(values), dtype=np.float64)
-  n = v.size
-  if n == 0:
-    return math.nan, math.nan, 0
-  if n < 2:
-    return float(v.mean()), math.nan, 1
-  half = t_quantile(0.5 + level / 2, n - 1) * v.std(ddof=1) / math.sqrt(n)
-  return float(v.mean()), float(half), n

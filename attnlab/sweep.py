@@ -5,7 +5,9 @@ A sweep config (``configs/sweeps/*.py``, ``get_config(arg=None)``) is a ConfigDi
     name       the sweep's name
     seeds      tuple of seeds; every run trains them together (vmapped)
     overrides  nested like a run config, applied to every run (e.g. {"train": {"steps": 200}}),
-               so ``--config.overrides.train.steps=50`` works from the command line
+               so ``--config.overrides.train.steps=50`` works from the command line; the tuned
+               protocol (attnlab.tuning) for every run: {"optim": {"learning_rates": (1e-3, 3e-3,
+               1e-2)}, "train": {"reach_value": 0.95, "early_stopping": {"patience": 5}}}
     grids      a list of sub-grids; the sweep is their UNION (not a cross product):
                {"group": category compared, "config": "assoc_recall" (configs/assoc_recall.py) or a
                 path[:arg], "fixed": {dotted key: value}, "axes": {dotted key: [values]}}
@@ -14,7 +16,8 @@ A sweep config (``configs/sweeps/*.py``, ``get_config(arg=None)``) is a ConfigDi
 A run's point, ``{"group", "task", **fixed, **axis values}``, identifies it in ``results.jsonl``
 (canonical JSON, stable across restarts). ``DIR/sweep.json`` stores the expanded sweep and its
 fingerprint (sha256 of every run's full config and the seeds); a DIR holding another sweep is
-refused. Each finished (run, seed) appends one line to ``DIR/results.jsonl`` (attnlab.results);
+refused. Each finished (run, seed) appends one line to ``DIR/results.jsonl`` (attnlab.results;
+with a rate grid the line holds every rate's metrics of that seed, ``per_rate``);
 a rerun skips done pairs. ``shard=(i, n)`` runs the runs with index ≡ i (mod n). A run is trained
 and recorded while its directory is held (attnlab.runlock): a second process on the same sweep or
 shard skips the runs the first one holds (counted as busy) and re-reads results.jsonl before each
@@ -35,7 +38,7 @@ import ml_collections
 from absl import logging
 
 from attnlab import config as config_lib
-from attnlab import registry, results, runlock
+from attnlab import registry, results, runlock, tuning
 
 DEFAULT = config_lib.REPO_ROOT / "configs" / "sweeps" / "categories.py"
 
@@ -235,7 +238,7 @@ def _train_run(run: Run, sweep: ml_collections.ConfigDict, run_dir: pathlib.Path
         "metrics": {split: {m: v["per_seed"][i] for m, v in per.items()}
                     for split, per in result["metrics"].items()},
         "best_step": result["best_step"][i], "stopped_at": result["stopped_at"][i],
-        "run_wall_s": result["wall_s"]})
+        "run_wall_s": result["wall_s"], **tuning.line_fields(result, i)})
   return True
 
 

@@ -1,16 +1,21 @@
-"""One training run: ``train_and_evaluate(config, workdir)``, all seeds in one vmapped program.
+"""One training run: ``train_and_evaluate(config, workdir)``, all seeds (× learning rates) in one
+vmapped program.
 
 Writes to ``workdir`` (held by one process at a time: attnlab.runlock):
 
 * ``config.json``   the run's config (a restart with a different config is refused);
-* ``metrics.jsonl`` one line per train step and per evaluation: ``{"step", "split", metric: [per seed]}``;
+* ``metrics.jsonl`` one line per train step and per evaluation: ``{"step", "split", metric: [per member]}``
+  (a member is a seed, or with ``optim.learning_rates`` a (rate, seed) pair, rate-major);
 * ``checkpoints/``  orbax checkpoints every ``train.checkpoint_every`` steps and at the end; a
   restarted run resumes from the newest readable one (metrics.jsonl is cut back to it);
-* ``attention.npz`` attention weights of one val example, seed 0 (``train.attention_maps``);
+* ``attention.npz`` attention weights of one val example, the first seed at the chosen rate
+  (``train.attention_maps``, which also records ``attention_sparsity``: attnlab.sparsity);
 * ``result.json``   per split (val, test) and metric: ``per_seed``, ``mean``, ``std`` (ddof=1), ``n``;
   with early stopping the val/test values are those of each seed's best-val state. ``status`` per
   seed: "ok", or "diverged at step N" when its training loss or gradient stopped being finite (the
-  seed stopped there; its metrics are null and left out of mean and std).
+  seed stopped there; its metrics are null and left out of mean and std). These are at the chosen
+  ``learning_rate``; ``reach``/``reach_step``/``auc`` measure learning speed and ``tuning`` holds
+  every rate of a grid (attnlab.tuning).
 
 Finishing is idempotent: the final checkpoint (reused if it exists), attention.npz and, last,
 result.json (the mark of a finished run) are each written whole, so a run interrupted anywhere is
@@ -36,7 +41,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from attnlab import checkpoints, models, parallel, prng, registry, results, runlock, steps
+from attnlab import checkpoints, models, parallel, prng, registry, results, runlock, sparsity, steps, tuning
 from attnlab import config as config_lib
 from attnlab.rundata import RunData
 
@@ -152,19 +157,9 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str
   total, every = config.train.steps, config.train.eval_every
   mesh = parallel.make_mesh()
   data = RunData(task, config, seeds, mesh)
-  es_metrics = config_lib.early_stopping_metrics(config)
-  missing = [m for m in es_metrics if m not in task.metrics]
-  if missing:
-    raise ValueError(f"config: train.early_stopping.metrics {missing} are not metrics of task "
-                     f"{task.name!r}: {', '.join(task.metrics)}")
-  patience = config.train.early_stopping.patience
-  tx = steps.make_optimizer(config.optim, total)
-  prog = steps.build(cls, task.spec, config_lib.model_kwargs(config), task.family, tx,
-                     es_metrics=es_metrics, patience=patience, seed_axis=data.seed_axis,
-                     eval_seed_axis=data.eval_seed_axis, static_train=data.static,
-                     metric_names=tuple(task.metrics))
-  keys = jnp.stack([prng.key(s) for s in seeds])  # jax.random.key's bits, a faster hash
-  params, rest, opt_state = prog.init(keys)
+  prog, keys, rates = programs(config, task, cls, data)
+  params, rest, opt_state = prog.init(keys, rates)
+  lrs = tuning.rates(config.optim)
   es = prog.es_init(params, rest, total)
   state = parallel.replicate((params, rest, opt_state, es), mesh)
   step, ckpt_dir = 0, workdir / "checkpoints"
@@ -211,13 +206,12 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str
       log.write(json.dumps({"step": step, "split": "val", **{m: np.asarray(v).tolist()
                                                              for m, v in val.items()}}) + "\n")
       for i in np.flatnonzero((diverged_at >= 0) & ~diverged):
-        logging.warning("%s: seed %d diverged at step %d (non-finite loss or gradient): stopped",
-                        workdir.name, seeds[i], diverged_at[i])
+        logging.warning("%s: %s diverged at step %d (non-finite loss or gradient): stopped",
+                        workdir.name, tuning.member_name(i, lrs, seeds), diverged_at[i])
       diverged = diverged_at >= 0
       if time.monotonic() >= next_log or not np.any(active) or step >= total:  # ~1 line a second
         log.flush()
-        logging.info("%s step %d: %s", workdir.name, step,
-                     ", ".join(f"val {m} {np.mean(v):.4f}" for m, v in val.items()))
+        logging.info("%s step %d: %s", workdir.name, step, tuning.progress(val, lrs))
         next_log = time.monotonic() + 1.0
       if next_ckpt is not None and step >= next_ckpt and step < total:
         log.flush()  # the lines up to a checkpoint are on disk before it (resuming re-logs after it)
@@ -229,9 +223,32 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str
   return _finish(config, workdir, prog, task, data, state, val, step, time.time() - start_time)
 
 
+def programs(config: ml_collections.ConfigDict, task: Any, cls: type,
+             data: RunData) -> tuple[steps.Programs, jax.Array, jax.Array | None]:
+  """The run's compiled programs and its members' init inputs: keys [R·S] and rates [R·S] (None
+  without a rate grid); members are (rate, seed), rate-major."""
+  es_metrics = config_lib.early_stopping_metrics(config)
+  grid, lrs = bool(config.optim.learning_rates), tuning.rates(config.optim)
+  for key, names in (("train.early_stopping.metrics", es_metrics),
+                     ("train.reach_metric", (config.train.reach_metric,)),
+                     ("optim.select_metric", (config.optim.select_metric,) if grid else ())):
+    if missing := [m for m in names if m not in task.metrics]:
+      raise ValueError(f"config: {key} {missing} are not metrics of task {task.name!r}: "
+                       f"{', '.join(task.metrics)}")
+  tx = steps.make_optimizer(config.optim, config.train.steps, grid=grid)
+  prog = steps.build(cls, task.spec, config_lib.model_kwargs(config), task.family, tx,
+                     es_metrics=es_metrics, patience=config.train.early_stopping.patience,
+                     seed_axis=data.seed_axis, eval_seed_axis=data.eval_seed_axis,
+                     static_train=data.static, metric_names=tuple(task.metrics), num_rates=len(lrs),
+                     curve_metric=config.train.reach_metric, reach_value=config.train.reach_value)
+  keys = jnp.stack([prng.key(s) for _ in lrs for s in data.seeds])  # jax.random.key's bits, faster
+  return prog, keys, jnp.repeat(jnp.asarray(lrs, jnp.float32), len(data.seeds)) if grid else None
+
+
 def _finish(config: ml_collections.ConfigDict, workdir: pathlib.Path, prog: steps.Programs, task: Any,
             data: RunData, state: Any, val: Any, step: int, wall_s: float) -> dict[str, Any]:
-  """Evaluates the final (or best-val) state on test; writes attention.npz, then result.json."""
+  """Evaluates the final (or best-val) state on test, chooses the rate (attnlab.tuning); writes
+  attention.npz, then result.json."""
   params, rest, _, es = state
   early = config.train.early_stopping.patience > 0
   final_params, final_rest = (es["best_params"], es["best_rest"]) if early else (params, rest)
@@ -240,21 +257,22 @@ def _finish(config: ml_collections.ConfigDict, workdir: pathlib.Path, prog: step
     val = es["best_metrics"]
   elif val is None:  # resumed from the final checkpoint: evaluate it again
     _, val = prog.validate(params, rest, es, data.eval["val"], step)
-  val, test, es_host = jax.device_get(
-      (val, test, {k: es[k] for k in ("best_step", "stopped_at", "diverged_at")}))
-  diverged_at = np.asarray(es_host["diverged_at"]).tolist()
-  ok = [d < 0 for d in diverged_at]
-  result = {
-      "task": config.task.name, "model": config.model.name, "seeds": list(config.train.seeds),
-      "metrics": {"val": results.summarize(val, ok), "test": results.summarize(test, ok)},
-      "status": [results.STATUS_OK if d < 0 else results.diverged_status(d) for d in diverged_at],
-      "best_step": np.asarray(es_host["best_step"]).tolist(),
-      "stopped_at": np.asarray(es_host["stopped_at"]).tolist(),
-      "early_stopping": early, "devices": data.mesh.size, "wall_s": round(wall_s, 3),
-  }
+  val, test, es_host = jax.device_get((val, test, {k: es[k] for k in (
+      "best_step", "stopped_at", "diverged_at", "reach_step", "curve_sum", "curve_n", "curve_last")}))
+  evaluations = -(-config.train.steps // config.train.eval_every)
+  fields, chosen = tuning.result(config, val, test, es_host, evaluations)
+  result = {"task": config.task.name, "model": config.model.name, "seeds": list(config.train.seeds),
+            **fields, "early_stopping": early, "devices": data.mesh.size, "wall_s": round(wall_s, 3)}
+  first = chosen * len(result["seeds"])  # the chosen rate's first member
+  if config.train.attention_maps:
+    zeros = sparsity.zero_fractions(prog.graphdef, final_params, final_rest, data.eval["val"],
+                                    start=first, count=len(result["seeds"]), shared=data.eval_shared,
+                                    family=task.family)
+    result["attention_sparsity"] = [float(z) if st == results.STATUS_OK and np.isfinite(z) else None
+                                    for z, st in zip(zeros, result["status"])]
   if is_primary():
     if config.train.attention_maps:
-      _save_attention(prog, final_params, final_rest, task, data, workdir)
+      _save_attention(prog, final_params, final_rest, task, data, workdir, first)
     results.atomic_write_json(workdir / "result.json", result)
   return result
 
@@ -269,13 +287,14 @@ def format_result(result: dict[str, Any]) -> str:
   for seed, status in zip(result["seeds"], result.get("status", ())):
     if status != results.STATUS_OK:
       lines.append(f"seed {seed}: {status} (left out of the means)")
-  return "\n".join(lines)
+  return "\n".join(lines + tuning.summary_lines(result))
 
 
 def _save_attention(prog: steps.Programs, params: Any, rest: Any, task: Any, data: RunData,
-                    workdir: pathlib.Path) -> None:
-  """Attention weights of the first val example of seed 0 -> attention.npz (if the model sows them)."""
-  one = jax.jit(lambda t: jax.tree.map(lambda x: x[0], t))((params, rest))  # one compile, not one per leaf
+                    workdir: pathlib.Path, member: int) -> None:
+  """Attention weights of the first val example of the first seed of ``member``'s rate (that
+  member) -> attention.npz (if the model sows them)."""
+  one = jax.jit(lambda t, i: jax.tree.map(lambda x: x[i], t))((params, rest), member)  # one compile
   batch = {k: np.asarray(v)[0] for k, v in data.eval["val"].items()}
   if not data.eval_shared:
     batch = {k: v[0] for k, v in batch.items()}

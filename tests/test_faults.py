@@ -279,8 +279,11 @@ def test_a_diverging_seed_stops_and_is_reported_as_diverged(finished, tmp_path, 
         **lines[1], "seed": seed, "run": {"group": "g", "task": "runner_toy", "model.options.d_model": 4}})
   text = report.write(str(tmp_path / "sweep"), plots=True)
   rows = {l.split(" | ")[1]: l for l in text.splitlines() if l.startswith("| runner_toy")}
-  assert rows["d_model=8"].endswith(f"| {100 * test_acc['mean']:.1f} ± – | "
-                                    f"{100 * result['metrics']['val']['accuracy']['mean']:.1f} | 1 (+1 diverged) |")
-  assert rows["d_model=4"].endswith("| diverged | – | 0 (+2 diverged) |")
+  cells = rows["d_model=8"].split(" | ")  # task, variant, test, p, val, lr, steps, AUC, zeros, seeds
+  assert cells[2] == f"{100 * test_acc['mean']:.1f} ± –" and cells[-1] == "1 (+1 diverged) |"
+  assert cells[4] == f"{100 * result['metrics']['val']['accuracy']['mean']:.1f}"
+  assert cells[7] == f"{100 * result['auc'][0]:.1f} ± –"  # the diverged seed has no curve area
+  assert rows["d_model=4"].split(" | ")[2:5] == ["diverged", "", "–"]
+  assert rows["d_model=4"].endswith("| 0 (+2 diverged) |")
   assert not any("★" in row or "≈" in row for row in rows.values())  # no rival with values to rank
   assert "Seeds that diverged (non-finite training loss) are counted in the seeds column" in text
