@@ -183,6 +183,7 @@ def run_sweep(sweep: ml_collections.ConfigDict, workdir: str, *, shard: tuple[in
   check_workdir(workdir, sweep, runs)
   res_path = workdir / "results.jsonl"
   mine = [r for r in runs if r.index % shard[1] == shard[0]]
+  twins = _twins(runs)
   done = _done(res_path)
   todo = [r for r in mine if _missing(r, sweep, done)]
   counts = {"runs": len(mine), "trained": 0, "skipped": len(mine) - len(todo), "busy": 0}
@@ -195,13 +196,47 @@ def run_sweep(sweep: ml_collections.ConfigDict, workdir: str, *, shard: tuple[in
       run_dir = results.make_dir(workdir / "runs" / run.id)
       try:
         with runlock.hold(run_dir) if train.is_primary() else contextlib.nullcontext():
-          counts["trained" if _train_run(run, sweep, run_dir, res_path) else "skipped"] += 1
+          if _copy_twin(run, twins.get(run.index), sweep, res_path):
+            counts["skipped"] += 1
+          else:
+            counts["trained" if _train_run(run, sweep, run_dir, res_path) else "skipped"] += 1
       except runlock.RunBusy as e:
         logging.warning("sweep %s: skipping run %s: %s", sweep.name, run.id, e)
         counts["busy"] += 1
       bar.advance(task_id)
   logging.info("sweep %s shard %d/%d: %s", sweep.name, shard[0], shard[1], counts)
   return counts
+
+
+def _twins(runs: list[Run]) -> dict[int, Run]:
+  """Run index -> the first earlier run with the identical config (e.g. a task's default model,
+  which several blocks compare against): its lines are reused instead of training it again."""
+  first: dict[str, Run] = {}
+  twins = {}
+  for run in runs:
+    body = results.canonical(config_lib.to_dict(run.config))
+    if body in first:
+      twins[run.index] = first[body]
+    else:
+      first[body] = run
+  return twins
+
+
+def _copy_twin(run: Run, twin: Run | None, sweep: ml_collections.ConfigDict,
+               res_path: pathlib.Path) -> bool:
+  """Appends ``run``'s missing lines as copies of its twin's (same config, same seeds, so the same
+  numbers; ``run_id`` stays the twin's, whose run directory holds the curves); False if the twin
+  has not recorded all of them (then ``run`` trains itself)."""
+  if twin is None:
+    return False
+  missing = _missing(run, sweep, _done(res_path))
+  lines = {r["seed"]: r for r in results.read_lines(res_path)
+           if results.canonical(r["run"]) == results.canonical(twin.point)}
+  if not missing or not all(s in lines for s in missing):
+    return False
+  for seed in missing:
+    results.append_line(res_path, {**lines[seed], "run": run.point})
+  return True
 
 
 def _done(res_path: pathlib.Path) -> set[tuple[str, int]]:

@@ -190,6 +190,22 @@ def test_shards_union_to_the_full_sweep(tmp_path):
   assert sorted(results.key(r) for r in results.read_lines(tmp_path / "results.jsonl")) == want
 
 
+def test_a_run_with_an_earlier_runs_config_reuses_its_lines(tmp_path):
+  s = toy_sweep(steps=4, widths=(4,))
+  s.grids = [s.grids[0], {**s.grids[1], "axes": {"model.attention.score": ["scaled_dot", "dot"]}}]
+  runs = sweep.expand(s)  # run 1 (score=scaled_dot at width 4) is run 0's config (the default score)
+  assert {i: t.index for i, t in sweep._twins(runs).items()} == {1: 0}  # pylint: disable=protected-access
+  assert sweep.run_sweep(s, str(tmp_path), progress=False) == {"runs": 3, "trained": 2, "skipped": 1,
+                                                                "busy": 0}
+  lines = {(results.canonical(r["run"]), r["seed"]): r for r in results.read_lines(tmp_path / "results.jsonl")}
+  assert len(lines) == 6
+  alone = train.train_and_evaluate(runs[1].config, str(tmp_path / "alone"))  # what training it gives
+  for i, seed in enumerate((0, 1)):
+    first, twin = (lines[(results.canonical(runs[k].point), seed)] for k in (0, 1))
+    assert {**first, "run": None} == {**twin, "run": None}
+    assert twin["metrics"]["test"]["loss"] == alone["metrics"]["test"]["loss"]["per_seed"][i]
+
+
 def test_sweep_workdir_of_another_sweep_is_refused(tmp_path):
   s = toy_sweep(steps=4, widths=(4,))
   s.grids = s.grids[:1]
