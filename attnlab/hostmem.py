@@ -3,15 +3,12 @@
 XLA:CPU allocates a program's temporaries afresh on every call. With glibc's defaults a block above
 the mmap threshold (and the freed top of a heap) goes back to the kernel when it is freed, so the
 next call faults the same memory in again, one zero-filled 4 KB page at a time. For small models
-that page-fault churn is a large part of each step: a 10-seed GAT-on-Cora epoch took 464-509 ms
-with the defaults and 318-323 ms with freed memory kept (page faults 1.85 M -> 0.20-0.24 M per
-benchmark run; ``python benchmarks/cora_epoch.py --seeds 10 --repeats 20``, 2-core CPU).
+that page-fault churn is a large part of each step (docs/performance.md, "Host memory kept").
 
 ``keep_freed_host_memory()`` asks glibc for one arena, no mmap'd blocks and no heap trimming
 (``mallopt``; the same as ``MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=...``).
-It changes no result (the 10-seed Cora run gave the same ten accuracies in 354 s instead of 531 s,
-system time 4 s instead of 297 s), only where host memory comes from; the cost is a higher
-resident peak, as memory once used stays with the process (that run: 1.29 GB instead of 0.70 GB).
+It changes no result, only where host memory comes from; the cost is a higher resident peak, as
+memory once used stays with the process.
 It does nothing on other C libraries, when any ``MALLOC_*`` variable or a ``glibc.malloc`` tunable
 is set (the user's own tuning wins) or with ``ATTNLAB_HOST_MALLOC=off``.
 The ``attnlab`` command calls it before JAX allocates; library code never does (importing attnlab

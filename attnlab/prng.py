@@ -1,15 +1,13 @@
 """``threefry``: JAX's default PRNG (Threefry-2x32, 20 rounds), bit for bit, with a fusible hash.
 
 jaxlib lowers the Threefry hash on CPU as a rolled five-step loop (to keep compile times short),
-so XLA cannot fuse it with its consumers and every random bit costs ~18 ns; dropout masks then
-dominate small models (GAT on Cora: ~10 ms of RNG per seed and epoch). This implementation
-computes the same hash as one unrolled chain of uint32 adds, rotations and xors that XLA compiles
-into one vectorised loop (3-7x faster draws on CPU, benchmarks/prng.py; plain jnp, so it runs
-unchanged on GPU/TPU). The bits pass an optimisation barrier, a request to materialise them once
-rather than recompute the hash inside a consumer that broadcasts them. XLA:CPU drops barriers before
-it fuses (pass ``cse_barrier_expander``), so there the hash may still be fused into such a consumer
-(seen: the Cora train step's [nnz, seeds, 64] input-projection gathers); forcing the bits out with
-an identity gather made that (older, scatter-based) step slower, so the barrier stays as it is.
+so XLA cannot fuse it with its consumers and dropout masks dominate small models. This
+implementation computes the same hash as one unrolled chain of uint32 adds, rotations and xors that
+XLA compiles into one vectorised loop (plain jnp, so it runs unchanged on GPU/TPU; timings:
+docs/performance.md, "Fusible PRNG"). The bits pass an optimisation barrier, a request to
+materialise them once rather than recompute the hash inside a consumer that broadcasts them.
+XLA:CPU drops barriers before it fuses (pass ``cse_barrier_expander``), so there the hash may still
+be fused into such a consumer.
 Where a mask is read by gathers, the caller asks for it explicitly: ``kernels.dropout_weights(...,
 once=True)`` (``kernels.materialize``, a two-element scatter XLA does not fuse through),
 as the graph attention layers do.

@@ -11,7 +11,7 @@ profiler trace of the train step for the largest seed count and prints the XLA o
 most time. ``--xla_option KEY=VALUE`` (repeatable) also compiles both programs with those XLA
 compile options and times them in the same process, interleaved with the default build (an A/B
 that the machine's load cannot skew), e.g. ``--xla_option xla_cpu_experimental_ynn_fusion_type=``
-(no YNNPACK fusions; experiments/cora_gat/README.md). ``--task_knob KEY=VALUE`` (repeatable) does
+(no YNNPACK fusions; docs/performance.md). ``--task_knob KEY=VALUE`` (repeatable) does
 the same for the config's task knobs, e.g. ``--task_knob subgraph_hops=0`` (the whole graph
 against the 2-hop computation subgraphs configs/cora_gat.py uses); with both, the second build
 has both.

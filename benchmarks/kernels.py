@@ -105,7 +105,7 @@ def bench_size(n, b, repeats, max_dense_gb, skip_additive_from, skip=(), torch_t
   for name, (f, dense_width) in _jax_methods(n, ap).items():
     if (name.startswith("additive") and n >= skip_additive_from) or name in skip:
       continue
-    bb = 1 if name.startswith("additive") else b  # additive: batch 1 (the setting)
+    bb = 1 if name.startswith("additive") else b  # additive: batch 1 (its memory target)
     x = tuple(t[:bb] for t in (q, k, v))
     fl0 = 4 * bb * H * n * n * D
     dense_gb = dense_width * bb * H * n * n * 4 * 3 / 2**30  # scores/weights/grad copies

@@ -12,13 +12,12 @@ from the copy of Cora shipped with attnlab (attnlab.data.paths). PubMed's paper 
 
 The recipe: 2 GraphAttention layers, 8 heads × 8 hidden units concatenated, ELU, output layer
 with 1 head (mean); dropout 0.6 on each layer's input, on the attention coefficients and on the
-projected features used as values (GAT's reference code, ``value_dropout``: +0.4-0.7 points on
-Cora); L2 5e-4 on every parameter (biases included) added to the gradient, Adam lr 0.005;
+projected features used as values (GAT's reference code, ``value_dropout``); L2 5e-4 on every parameter (biases included) added to the gradient, Adam lr 0.005;
 row-normalised features served sparse (O(nnz) input projection and dropout); Glorot init.
 Each split is served as its 2-hop computation subgraph (``subgraph_hops=2``: only the nodes and
 edges each layer needs for the split's outputs, attnlab.data.graph), so the losses, gradients and
-metrics are the whole graph's at a fraction of the cost (train: 1664 of 2708 nodes projected,
-4478 + 778 of 2 x 13264 edges); ``--config.task.knobs.subgraph_hops=0`` runs on the whole graph.
+metrics are the whole graph's at a fraction of the cost; ``--config.task.knobs.subgraph_hops=0``
+runs on the whole graph. Results and wall times: experiments/cora_gat/README.md.
 Early stopping as GAT's execute_cora.py: validation (deterministic) after every epoch; a seed's
 patience counter (100) resets when val accuracy >= its best or val loss (cross-entropy) <= its
 best; the test accuracy reported is that of the last epoch at which both were. Ten seeds train

@@ -21,10 +21,8 @@ only the nodes the next layer reads (layer l of k: the nodes within k − 1 − 
 the node order) and whose sources are the rows the layer before produced. A model of k such layers
 then computes exactly its full-graph outputs at the split's nodes, as its first rows (the loss
 reads labels and mask for those), so the loss, its gradients and the metrics are those of the
-whole graph while the rest of it costs nothing. Cora, 2 hops: the 140 train nodes need 1664 of the
-2708 nodes' projections, 644 nodes' first-layer outputs (4478 edges with self loops, of 13264) and
-778 second-layer edges; the 500 val nodes 2335, 1484, 8614 and 2448. ``spec["subgraph_hops"]`` =
-k tells the model (``gat`` refuses fewer hops than its layers).
+whole graph while the rest of it costs nothing (sizes on Cora: experiments/cora_gat/README.md).
+``spec["subgraph_hops"]`` = k tells the model (``gat`` refuses fewer hops than its layers).
 """
 
 from __future__ import annotations

@@ -71,10 +71,10 @@ def default_block(pairwise, params, f: int, dtype, lk: int | None = None) -> tup
   exceed MAX_BLOCK_ELEMS, as (2·b, b) with b a power of two; keys no longer than a query block
   (``lk`` ≤ 2·b) are one key block (up to twice those pairs, no online rescaling).
 
-  Tuned on a 2-core CPU (L2 2 MB), where large blocks keep the matmuls efficient: (1024, 512) for
-  dot-product scores, (256, 128) for additive/concat (A = 64); N = 1024 forward with one key block
-  (1024, 1024): 0.94x the time of (1024, 512), forward+backward 1.01x (benchmarks/RESULTS.md).
-  On GPU/TPU the same values are valid (smaller ones may be faster: pass ``block_size``).
+  Tuned on a 2-core CPU, where large blocks keep the matmuls efficient: (1024, 512) for
+  dot-product scores, (256, 128) for additive/concat (A = 64); one key block when the keys fit
+  (docs/performance.md, "Block sizes"). On GPU/TPU the same values are valid (smaller ones may be
+  faster: pass ``block_size``).
   """
   per_pair = _largest_intermediate_per_pair(pairwise, params, f, dtype)
   pairs = max(2 * 8 * 8, min(MAX_BLOCK_PAIRS, MAX_BLOCK_ELEMS // per_pair))

@@ -19,8 +19,8 @@ and the per-row log2-sum-exp (softmax), never the weights:
 Masks: causal from block indices (blocks wholly above the diagonal are skipped in both passes: the
 loop bounds depend on the block index); a user mask [Lq|1, Lk|1] is sliced per block (size-1 dims
 stay size 1); ragged key tails are masked by index. ``exp2`` is ``fastmath.exp2`` (≤ 2e-7
-relative); a score's ``tanh`` is its own (``jnp.tanh``: this XLA vectorises it, measured faster
-than ``fastmath.tanh``). Fully masked rows give zero output, as in the dense path.
+relative); a score's ``tanh`` is its own (``jnp.tanh``, which XLA vectorises). Fully masked rows
+give zero output, as in the dense path.
 """
 
 from __future__ import annotations
@@ -196,8 +196,9 @@ def backward(pairwise, kind, plan, params, fq, fk, v, mask, bias, out, lse, dout
     delta = jnp.zeros((plan.nq, plan.bq), jnp.float32)
   zeros_like = lambda t: jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), t)
   # The dot family (pairwise = fq fkᵀ) works on transposed blocks sᵀ [Bk, Bq]: every product is
-  # then a row-major [M, K] x [K, N] or [K, M]ᵀ x [K, N] with M = 64 (~2x faster on XLA CPU than
-  # the [Bk, Bq]ᵀ x [Bq, D] products of the plain form); dq is accumulated transposed, [nq, F, Bq].
+  # then a row-major [M, K] x [K, N] or [K, M]ᵀ x [K, N] with M = 64, which XLA:CPU runs faster
+  # than the [Bk, Bq]ᵀ x [Bq, D] products of the plain form (docs/performance.md); dq is
+  # accumulated transposed, [nq, F, Bq].
   mm = lambda a, b, ca, cb: jax.lax.dot_general(a, b, (((ca,), (cb,)), ((), ())),
                                                  preferred_element_type=jnp.float32)
 

@@ -52,9 +52,9 @@ def materialize(x: Array) -> Array:
   """x itself, computed once into memory: a two-element scatter XLA cannot fuse through.
 
   For a cheap-to-store but costly-to-compute array read by gathers (a dropout mask's hash): left
-  fusible, XLA:CPU recomputes it inside every gathering consumer, once per gathered element (GAT
-  on Cora: the value-dropout hash per edge and slot, ~35 ms of a 10-seed train step). Two
-  positions (first and last element), since XLA turns a one-element scatter into a
+  fusible, XLA:CPU recomputes it inside every gathering consumer, once per gathered element (GAT:
+  the value-dropout hash per edge and slot). Two positions (first and last element), since XLA
+  turns a one-element scatter into a
   dynamic-update-slice, which it does fuse into consumers."""
   if x.size == 0:
     return x

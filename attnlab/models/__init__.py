@@ -43,7 +43,7 @@ def attention_maps(model: nnx.Module, batch: dict[str, Any], *, example: int = 0
     batch = {k: np.asarray(v)[example:example + 1] for k, v in batch.items()}
   graphdef, state = nnx.split(model)
 
-  @jax.jit  # one compiled program, not one small compile per eager op (~3 s per run of a sweep)
+  @jax.jit  # one compiled program, not one small compile per eager op
   def sown_weights(state, batch):
     with sowing():
       _, sown = nnx.capture(lambda m: m(batch, train=False), nnx.Intermediate)(nnx.merge(graphdef, state))

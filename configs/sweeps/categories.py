@@ -1,4 +1,4 @@
-"""The category comparison: the README's main command (under 15 minutes on a 2-core CPU).
+"""The category comparison: the README's main command (wall time: experiments/categories/README.md).
 
     attnlab sweep --workdir=runs/categories                 # this file is the default sweep
     attnlab sweep --config=configs/sweeps/categories.py --workdir=runs/categories --shard=0/2
