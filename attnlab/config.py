@@ -53,6 +53,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from attnlab import config_values
+from attnlab import validate as validate_lib
 from attnlab.attention_spec import AttentionSpec, SpecError
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -180,11 +181,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if not config.model.name:
     raise ValueError("config: model.name is empty; set it to a registered model (`attnlab list`)")
   attention_spec(config)
-  _choice("optim.name", config.optim.name, OPTIMIZERS)
-  _choice("optim.schedule", config.optim.schedule, SCHEDULES)
+  validate_lib.choice("config", "optim.name", config.optim.name, OPTIMIZERS, bare=True)
+  validate_lib.choice("config", "optim.schedule", config.optim.schedule, SCHEDULES, bare=True)
   for key in ("steps", "batch_size", "eval_every", "eval_batch_size"):
-    if config.train[key] < 1:
-      raise ValueError(f"config: train.{key} must be >= 1, got {config.train[key]}")
+    validate_lib.int_at_least("config", f"train.{key}", config.train[key], 1)
   seeds = config.train.seeds
   if (not isinstance(seeds, (tuple, list)) or not seeds
       or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
@@ -193,8 +193,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.train.early_stopping.patience < 0:
     raise ValueError("config: train.early_stopping.patience must be >= 0 (0 = off)")
   for section, key in (("optim", "warmup_steps"), ("train", "checkpoint_every")):
-    if config[section][key] < 0:
-      raise ValueError(f"config: {section}.{key} must be >= 0, got {config[section][key]}")
+    validate_lib.int_at_least("config", f"{section}.{key}", config[section][key], 0)
   config_values.check_numbers(to_dict(config))
   config_values.check_tuning(config)
   if not early_stopping_metrics(config):
@@ -234,11 +233,6 @@ def check_kwargs(what: str, fn: Any, kwargs: dict[str, Any], key: str) -> None:
             if key == "model.options" else "")
     raise ValueError(f"config: unknown {key} {', '.join(map(repr, unknown))} for {what}; "
                      f"valid: {', '.join(valid) or '(none)'}{hint}")
-
-
-def _choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
-  if value not in choices:
-    raise ValueError(f"config: {key}={value!r} is not valid; choose one of {', '.join(choices)}")
 
 
 def to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:

@@ -10,6 +10,8 @@ from typing import Any
 
 import ml_collections
 
+from attnlab import validate
+
 MAX_RATES = 16  # learning rates in one grid: every one multiplies the run's memory and compute
 
 
@@ -55,13 +57,6 @@ def _range(key: str) -> str | None:
   return None
 
 
-def _inside(value: float, interval: str) -> bool:
-  lo, hi = (float(x) for x in interval[1:-1].split(","))
-  above = lo < value if interval[0] == "(" else lo <= value
-  below = value < hi if interval[-1] == ")" else value <= hi
-  return above and below
-
-
 def check_numbers(tree: Any, prefix: str = "") -> None:
   """Every float finite and every ranged number (``_RANGES``) inside its range, else ValueError."""
   if isinstance(tree, dict):
@@ -79,5 +74,5 @@ def check_numbers(tree: Any, prefix: str = "") -> None:
   if not math.isfinite(tree):
     raise ValueError(f"config: {key} must be a finite number, got {tree}"
                      + (f" (valid range {interval})" if interval else ""))
-  if interval and not _inside(tree, interval):
-    raise ValueError(f"config: {key}={tree} is out of range; valid: {interval}")
+  if interval:
+    validate.in_range("config", key, tree, interval)

@@ -1,6 +1,7 @@
 """Tests of the model zoo (attnlab.models) and the shared objective (attnlab.losses)."""
 
 import functools
+import inspect
 
 import chex
 import jax
@@ -67,15 +68,42 @@ TASKS["tokens"][2]["inputs"][:3, -1] = 0  # some PAD
 TINY = {"d_model": 16, "num_layers": 1, "mlp_dim": 32}
 HEADS = {"num_heads": 2}
 GRAPH = {"graph": True, "head_mode": "copy", "num_heads": 2}
-# (model, task, options, attention spec fields, steps, learning rate): every category each model supports.
+SMALL = {**TINY, "hidden": 8, "dropout_rate": 0.0}  # a registered model's options that it takes
+FAMILY_TASK = {"classifier": "tokens", "seq2seq": "reverse", "lm": "lm", "node_classifier": "graph"}
+# The host model of each kind of registered category member: (model, task, options, attention fields).
+HOSTS = {"score": ("encoder", "tokens", TINY, HEADS), "normalizer": ("encoder", "tokens", TINY, HEADS),
+         "target": ("encoder", "tokens", TINY, HEADS),
+         "graph_score": ("gat", "graph", {"hidden": 8, "dropout_rate": 0.0}, GRAPH)}
+
+
+def _discovered_cases():
+  """One case per registered model (task and options from its family and signature) and one per
+  registered score, normaliser and target (on its kind's host model): new members need no edit here."""
+  cases = {}
+  for name in registry.names("model"):
+    cls = registry.get("model", name)
+    assert cls.family in FAMILY_TASK, f"model {name!r}: no test task for family {cls.family!r}"
+    takes = inspect.signature(cls.__init__).parameters
+    options = {k: v for k, v in SMALL.items() if k in takes}
+    cases[f"model-{name}"] = (name, FAMILY_TASK[cls.family], options,
+                              GRAPH if getattr(cls, "graph_attention", False) else {}, 150, 1e-2)
+  for kind, (model, task, options, base) in HOSTS.items():
+    for member in registry.names(kind):
+      stochastic = kind == "target" and kernels.get_target(member).stochastic
+      field = "score" if kind == "graph_score" else kind
+      cases[f"{kind}-{member}"] = (model, task, options, {**base, field: member},
+                                   200 if stochastic else 100, 1e-2)
+  return cases
+
+
+# (model, task, options, attention spec fields, steps, learning rate): the discovered cases, plus
+# combinations of a model's options with head modes, GQA and targets.
 CASES = {
-    **{f"encoder-{s}": ("encoder", "tokens", TINY, {**HEADS, "score": s}, 100, 1e-2)
-       for s in ("additive", "dot", "scaled_dot", "general", "concat")},
+    **_discovered_cases(),
     "encoder-copy-mean-cls": ("encoder", "tokens", {**TINY, "pooling": "cls"},
                               {**HEADS, "head_mode": "copy", "head_merge": "mean"}, 100, 1e-2),
     "encoder-features-gqa-sparsemax": ("encoder", "regions", TINY, {"num_heads": 4, "num_kv_heads": 2,
                                                                     "normalizer": "sparsemax"}, 100, 1e-2),
-    "encoder-hard": ("encoder", "tokens", TINY, {**HEADS, "target": "hard"}, 200, 1e-2),
     "seq2seq-split": ("seq2seq", "reverse", TINY, HEADS, 150, 1e-2),
     "seq2seq-copy": ("seq2seq", "reverse", TINY, {**HEADS, "head_mode": "copy"}, 150, 1e-2),
     "seq2seq-self": ("seq2seq", "reverse", {**TINY, "source": "self"}, {**HEADS, "score": "additive"},
@@ -91,8 +119,6 @@ CASES = {
     "glimpse-recurrent-hard_st": ("glimpse", "regions", {"d_model": 16, "query": "recurrent",
                                                          "num_glimpses": 2}, {"target": "hard_st"},
                                   200, 1e-2),
-    **{f"gat-{s}": ("gat", "graph", {"hidden": 8, "dropout_rate": 0.0}, {**GRAPH, "score": s}, 100, 1e-2)
-       for s in ("additive", "dot", "uniform")},
 }
 
 

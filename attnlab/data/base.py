@@ -44,7 +44,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from attnlab import registry
+from attnlab import registry, validate
 
 FAMILIES = ("classifier", "seq2seq", "lm", "node_classifier")
 SPLITS = ("train", "val", "test")
@@ -81,8 +81,8 @@ class Task:
     """A batch of ``split``: deterministic in (seed, split, step); val/test ignore ``seed`` and
     return chunk ``step`` (of ``batch_size`` examples) of the fixed evaluation set."""
     self.check_split(split)
-    _check_int(f"task {self.name!r}: batch_size", batch_size, 1)
-    _check_int(f"task {self.name!r}: step", step, 0)
+    validate.int_at_least(f"task {self.name!r}", "batch_size", batch_size, 1)
+    validate.int_at_least(f"task {self.name!r}", "step", step, 0)
     if split == "train":
       return self.train_batch(step, batch_size, seed)
     n = self.num_batches(split, batch_size)
@@ -112,7 +112,7 @@ class Task:
 
   def num_batches(self, split: str, batch_size: int) -> int:
     """How many ``batch(split, i, batch_size)`` chunks cover the val/test set."""
-    _check_int(f"task {self.name!r}: batch_size", batch_size, 1)
+    validate.int_at_least(f"task {self.name!r}", "batch_size", batch_size, 1)
     n = len(next(iter(self.eval_set(split).values())))
     return -(-n // batch_size)
 
@@ -140,24 +140,14 @@ def epoch_indices(n: int, step: int, batch_size: int, seed: int) -> np.ndarray:
   return np.concatenate(perms)[start - first * n:start - first * n + batch_size]
 
 
-def _check_int(what: str, value: Any, minimum: int) -> None:
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-    raise TypeError(f"{what} must be an int, got {value!r}")
-  if value < minimum:
-    raise ValueError(f"{what} must be >= {minimum}, got {value}")
-
-
 def check_knob(task: str, knob: str, value: Any, minimum: int = 1) -> int:
   """An integer knob ``>= minimum``; otherwise a TypeError/ValueError naming the knob."""
-  _check_int(f"task {task!r}: knob {knob}", value, minimum)
-  return int(value)
+  return validate.int_at_least(f"task {task!r}", f"knob {knob}", value, minimum)
 
 
 def check_choice(task: str, knob: str, value: Any, choices: tuple[Any, ...]) -> Any:
-  if value not in choices:
-    raise ValueError(f"task {task!r}: knob {knob}={value!r} is not valid; choose one of "
-                     f"{', '.join(map(repr, choices))}")
-  return value
+  """A knob that must be one of ``choices``; otherwise a ValueError naming the knob."""
+  return validate.choice(f"task {task!r}", f"knob {knob}", value, choices)
 
 
 def knob_error(task: str, knob: str, message: str) -> ValueError:

@@ -9,11 +9,29 @@
 | `lm`          | lm              | lm.py           | decoder-only causal Transformer                   |
 | `gat`         | node_classifier | gat.py          | 2-layer GAT (Veličković et al. 2018)              |
 
-Build one with ``registry.get("model", name)(spec=task.spec, attention=AttentionSpec(...),
-rngs=nnx.Rngs(0, dropout=1, attention=2), **options)`` (a config: ``attnlab.config.model_kwargs``)
-and call ``model(batch, train=...) -> (logits, aux)``. The Transformer models and glimpse honour
-every field of the spec; gru_seq2seq and gat honour a subset and refuse the rest (their docstrings).
-``attention_maps(model, batch)`` returns one example's attention weights for plots.
+The model contract (every model keeps it; ``_common`` holds the helpers it names):
+
+* Register: ``@register_model(name)`` on an ``nnx.Module`` class with a class attribute ``family``
+  (one of ``attnlab.data.FAMILIES``; the runner pairs it with tasks of that family) and, for graph
+  models, ``graph_attention = True``.
+* Receive: ``__init__(self, *, spec, rngs, attention, **options)``: ``spec`` the task's sizes
+  (check the keys you need with ``check_spec``), ``rngs`` ``nnx.Rngs(params, dropout=, attention=)``,
+  ``attention`` the ``AttentionSpec`` to pass to every attention layer unchanged (refuse the fields
+  you cannot honour with ``attention.require``), options keyword-only with defaults (they are the
+  config's ``model.options``). Call ``reinforce_state(self, attention.target, entropy_bonus,
+  baseline_decay)`` last, so a sampling target gets its REINFORCE baseline.
+* Return: ``model(batch, *, train) -> (logits, aux)``: ``batch`` in the family's format
+  (``attnlab.data.base``), logits ``[B, C]`` (classifier), ``[B, Lt, V]`` (seq2seq, lm) or ``[N, C]``
+  (node_classifier); ``aux`` is ``{}`` or, for a sampling target, ``{"log_prob": [B], "entropy": [B]}``
+  (``hard_aux`` builds it, ``add_aux`` sums several layers' terms).
+* The runner builds the model with ``registry.get("model", name)(spec=task.spec,
+  rngs=..., **attnlab.config.model_kwargs(config))`` and calls it only through
+  ``attnlab.losses.loss_and_metrics`` (training and evaluation) and ``attention_maps`` (plots,
+  sowing weights only while ``sow_enabled()``).
+
+The Transformer models and glimpse honour every field of the spec; gru_seq2seq and gat honour a
+subset and refuse the rest (their docstrings). ``attention_maps(model, batch)`` returns one
+example's attention weights for plots.
 """
 
 from __future__ import annotations

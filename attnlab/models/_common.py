@@ -47,7 +47,8 @@ class Baseline(nnx.Variable):
 
 
 def register_model(name: str) -> Callable[[type], type]:
-  """Class decorator: registers ``cls`` as model ``name`` and checks its options by name."""
+  """Class decorator: registers ``cls`` as model ``name`` and checks its options by name (the model
+  contract: the ``attnlab.models`` docstring)."""
 
   def wrap(cls: type) -> type:
     if getattr(cls, "family", None) is None:
@@ -84,13 +85,6 @@ def register_model(name: str) -> Callable[[type], type]:
     return cls
 
   return wrap
-
-
-def check_choice(model: str, arg: str, value: Any, valid: tuple[Any, ...]) -> Any:
-  if value not in valid:
-    raise ValueError(f"model {model!r}: unknown {arg}={value!r}; valid choices: "
-                     f"{', '.join(map(repr, valid))}")
-  return value
 
 
 def check_spec(model: str, spec: dict, *keys: str) -> None:

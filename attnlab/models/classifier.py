@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from attnlab import validate
 from attnlab.attention_spec import AttentionSpec
 from attnlab.models import _common
 from attnlab.models.transformer import Embedder, Stack, stack_options
@@ -32,7 +33,7 @@ class EncoderClassifier(nnx.Module):
                num_layers: int = 2, mlp_dim: int | None = None, dropout_rate: float = 0.0,
                pooling: str = "mean", entropy_bonus: float = 0.01, baseline_decay: float = 0.9):
     _common.check_spec(self.name, spec, "num_classes", "seq_len")
-    self.pooling = _common.check_choice(self.name, "pooling", pooling, POOLINGS)
+    self.pooling = validate.choice(f"model {self.name!r}", "pooling", pooling, POOLINGS)
     opts = stack_options(self.name, d_model=d_model, num_layers=num_layers, mlp_dim=mlp_dim,
                          dropout_rate=dropout_rate, attention=attention)
     extra = 1 if pooling == "cls" else 0

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from attnlab import validate
 from attnlab.attention_spec import AttentionSpec
 from attnlab.models import _common
 from attnlab.models.transformer import Embedder, attend, attention_layer
@@ -37,9 +38,8 @@ class GlimpseClassifier(nnx.Module):
                num_glimpses: int = 1, query: str = "learned", entropy_bonus: float = 0.01,
                baseline_decay: float = 0.9):
     _common.check_spec(self.name, spec, "num_classes", "seq_len")
-    self.query = _common.check_choice(self.name, "query", query, QUERIES)
-    if isinstance(num_glimpses, bool) or not isinstance(num_glimpses, int) or num_glimpses < 1:
-      raise ValueError(f"model {self.name!r}: num_glimpses must be a positive int, got {num_glimpses!r}")
+    self.query = validate.choice(f"model {self.name!r}", "query", query, QUERIES)
+    validate.positive_int(f"model {self.name!r}", "num_glimpses", num_glimpses)
     self.num_glimpses, d = num_glimpses, d_model
     self.regions = Embedder(d, spec["seq_len"], vocab_size=spec.get("vocab_size"),
                             input_dim=None if "vocab_size" in spec else spec["input_dim"], rngs=rngs)

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from attnlab import kernels
+from attnlab import kernels, validate
 from attnlab.attention_spec import AttentionSpec
 from attnlab.data.base import PAD
 from attnlab.models import _common
@@ -81,7 +81,7 @@ class GruSeq2Seq(nnx.Module):
                style: str = "luong", dropout_rate: float = 0.0, entropy_bonus: float = 0.01,
                baseline_decay: float = 0.9):
     _common.check_spec(self.name, spec, "vocab_size")
-    self.style = _common.check_choice(self.name, "style", style, STYLES)
+    self.style = validate.choice(f"model {self.name!r}", "style", style, STYLES)
     d, v = d_model, spec["vocab_size"]
     self.embed = nnx.Embed(v, d, rngs=rngs)
     self.enc_fwd = nnx.GRUCell(d, d, rngs=rngs)

@@ -22,8 +22,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from attnlab.data.base import BOS, PAD
+from attnlab import validate
 from attnlab.attention_spec import AttentionSpec
+from attnlab.data.base import BOS, PAD
 from attnlab.models import _common
 from attnlab.models.transformer import Embedder, Stack, stack_options
 
@@ -43,7 +44,7 @@ class Seq2SeqTransformer(nnx.Module):
                num_layers: int = 2, mlp_dim: int | None = None, dropout_rate: float = 0.0,
                source: str = "cross", entropy_bonus: float = 0.01, baseline_decay: float = 0.9):
     _common.check_spec(self.name, spec, "vocab_size", "seq_len", "target_len")
-    self.source = _common.check_choice(self.name, "source", source, SOURCES)
+    self.source = validate.choice(f"model {self.name!r}", "source", source, SOURCES)
     opts = stack_options(self.name, d_model=d_model, num_layers=num_layers, mlp_dim=mlp_dim,
                          dropout_rate=dropout_rate, attention=attention)
     ls, lt, v = spec["seq_len"], spec["target_len"], spec["vocab_size"]

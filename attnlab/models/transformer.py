@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from attnlab import modules
+from attnlab import modules, validate
 from attnlab.attention_spec import AttentionSpec
 from attnlab.data.base import PAD
 from attnlab.models import _common
@@ -130,7 +130,6 @@ def stack_options(model: str, *, d_model: int, num_layers: int, mlp_dim: int | N
                   dropout_rate: float, attention: AttentionSpec) -> dict:
   """The Stack keyword arguments of a Transformer model (its sizes checked; the spec as given)."""
   for arg, value in (("d_model", d_model), ("num_layers", num_layers)):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-      raise ValueError(f"model {model!r}: {arg} must be a positive int, got {value!r}")
+    validate.positive_int(f"model {model!r}", arg, value)
   return dict(d_model=d_model, num_layers=num_layers, mlp_dim=mlp_dim or 4 * d_model,
               dropout_rate=dropout_rate, attention=attention)

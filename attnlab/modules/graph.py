@@ -42,9 +42,8 @@ from flax.nnx.module import first_from
 from flax.nnx.nn import initializers
 from jax.experimental import sparse
 
-from attnlab import kernels
+from attnlab import kernels, validate
 from attnlab.attention_spec import AttentionSpec, SpecError
-from attnlab.modules import _checks
 
 Array = jax.Array
 _NAME = "GraphAttention"
@@ -60,11 +59,11 @@ class GraphAttention(nnx.Module):
                deterministic: bool | None = None, kernel_init: Any = initializers.glorot_uniform(),
                bias_init: Any = initializers.zeros_init(), param_dtype: Any = jnp.float32,
                rngs: nnx.Rngs, keep_rngs: bool = True, attention: AttentionSpec | None = None):
-    self.in_features = _checks.positive_int(_NAME, "in_features", in_features)
-    self.out_features = _checks.positive_int(_NAME, "out_features", out_features)
+    self.in_features = validate.positive_int(_NAME, "in_features", in_features)
+    self.out_features = validate.positive_int(_NAME, "out_features", out_features)
     if attention is None:
-      _checks.positive_int(_NAME, "num_heads", 1 if num_heads is None else num_heads)
-      _checks.rate(_NAME, "dropout_rate", dropout_rate)
+      validate.positive_int(_NAME, "num_heads", 1 if num_heads is None else num_heads)
+      validate.rate(_NAME, "dropout_rate", dropout_rate)
       try:
         attention = AttentionSpec(graph=True, score=score, num_heads=num_heads or 1,
                                   head_mode="copy", head_merge=head_merge, dropout=dropout_rate)
@@ -73,7 +72,7 @@ class GraphAttention(nnx.Module):
     else:
       _check_spec_form(attention, num_heads, score, head_merge, dropout_rate)
     self.attention = attention
-    self.value_dropout_rate = _checks.rate(_NAME, "value_dropout_rate", value_dropout_rate)
+    self.value_dropout_rate = validate.rate(_NAME, "value_dropout_rate", value_dropout_rate)
     self.negative_slope = float(negative_slope)
     self.add_self_loops, self.deterministic = add_self_loops, deterministic
     h, f = self.num_heads, out_features

@@ -51,10 +51,9 @@ from flax.nnx.module import first_from
 from flax.nnx.nn import initializers
 from flax.nnx.nn.linear import LinearGeneral, default_kernel_init
 
-from attnlab import kernels
+from attnlab import kernels, validate
 from attnlab.attention_spec import AttentionSpec, SpecError
 from attnlab.kernels import dropout as _dropout
-from attnlab.modules import _checks
 
 Array = jax.Array
 _NAME = "MultiHeadAttention"
@@ -80,8 +79,8 @@ class MultiHeadAttention(nnx.Module):
                normalizer_kwargs: dict | None = None, target_kwargs: dict | None = None,
                impl: str = "auto", attention: AttentionSpec | None = None):
     if attention is None:
-      _checks.positive_int(_NAME, "num_heads", num_heads)
-      _checks.rate(_NAME, "dropout_rate", dropout_rate)
+      validate.positive_int(_NAME, "num_heads", num_heads)
+      validate.rate(_NAME, "dropout_rate", dropout_rate)
       try:
         attention = AttentionSpec(
             score=score, normalizer=normalizer, target=target, head_mode=head_mode,
@@ -99,7 +98,7 @@ class MultiHeadAttention(nnx.Module):
     self.in_kv_features = in_kv_features if in_kv_features is not None else in_features
     self.stochastic_target = kernels.get_target(attention.target).stochastic
     if self.head_mode == "split":
-      _checks.divides(_NAME, "num_heads", self.num_heads, "qkv_features", self.qkv_features)
+      validate.divides(_NAME, "num_heads", self.num_heads, "qkv_features", self.qkv_features)
       self.head_dim = self.qkv_features // self.num_heads
     else:
       self.head_dim = self.qkv_features
