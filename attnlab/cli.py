@@ -133,7 +133,8 @@ def _help(argv: list[str]) -> str | None:
   if command is None:
     width = max(map(len, _COMMANDS))
     lines = [f"usage: attnlab {{{','.join(_COMMANDS)}}} [flags]", "", "commands:"]
-    lines += [textwrap.fill(what, 100, initial_indent=f"  {c:<{width}}  ", subsequent_indent=" " * (width + 4))
+    lines += [textwrap.fill(what, 100, initial_indent=f"  {c:<{width}}  ",
+                            subsequent_indent=" " * (width + 4))
               for c, (_, what, _) in _COMMANDS.items()]
     lines += ["", "`attnlab COMMAND --help` lists a command's flags; --helpfull lists every absl flag."]
     return "\n".join(lines)
@@ -144,7 +145,8 @@ def _help(argv: list[str]) -> str | None:
     for name in names:
       flag = flags.FLAGS[name]
       text = _VERBOSITY_HELP if name == "verbosity" else flag.help
-      default = f" (default: {flag.default_as_str})" if flag.default is not None and name != "verbosity" else ""
+      shown = flag.default is not None and name != "verbosity"
+      default = f" (default: {flag.default_as_str})" if shown else ""
       lines.append(textwrap.fill(f"--{name}: {text}{default}", 100, initial_indent="  ",
                                  subsequent_indent="      "))
   return "\n".join(lines)

@@ -213,7 +213,8 @@ def build(model_cls: type, spec: dict, options: dict, family: str, tx: optax.Gra
     any_better = active & jnp.any(jnp.stack(better))
     save = active & jnp.all(jnp.stack(better))
     count = jnp.where(any_better, 0, es["count"] + active)
-    best = {m: jnp.where(any_better, (jnp.minimum if minimised(m) else jnp.maximum)(metrics[m], es["best"][m]),
+    better_of = lambda m: jnp.minimum if minimised(m) else jnp.maximum
+    best = {m: jnp.where(any_better, better_of(m)(metrics[m], es["best"][m]),
                          es["best"][m]) for m in es_metrics}
     still = active & ((count < patience) if patience > 0 else True)
     return {

@@ -287,7 +287,6 @@ def label(point: dict[str, Any]) -> str:
   return ", ".join(parts) or "default"
 
 
-
 def _progress(enabled: bool) -> Any:
   from rich import progress as rp  # pylint: disable=g-import-not-at-top
   return rp.Progress(rp.TextColumn("{task.description}"), rp.BarColumn(), rp.MofNCompleteColumn(),

@@ -27,7 +27,6 @@ import json
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from attnlab import config as config_lib
 from attnlab import hostmem, parallel, prng, steps, train
@@ -94,7 +93,7 @@ def _profile(fn, where: str, top: int = 15):
     if e.get("ph") == "X" and "dur" in e and not e["name"].startswith("$"):
       total[e["name"]] += e["dur"]
       count[e["name"]] += 1
-  print(f"top XLA ops of one train step (ms per step; async dots count their launch only):")
+  print("top XLA ops of one train step (ms per step; async dots count their launch only):")
   for name, us in total.most_common(top):
     print(f"  {us / 3e3:8.2f} ms  {count[name] // 3:4d}x  {name[:90]}")
 

@@ -8,8 +8,9 @@ head), ELU, dropout 0.6 on each layer's input and on the attention coefficients,
 weight decay 5e-4, row-normalised features, and the early-stopping rule of configs/cora_gat.py
 (patience 100 on val loss and accuracy; the state kept is the last at which both were at their
 best). GATConv has no dropout on the projected values (attnlab's ``value_dropout``). The Planetoid
-files are read from ``--data_dir`` (default: the Cora copy shipped with attnlab) through symlinks in a temporary directory (PyG writes its
-processed copy there). Prints, per seed: epochs run, kept epoch, test accuracy, wall time.
+files are read from ``--data_dir`` (default: the Cora copy shipped with attnlab) through symlinks in
+a temporary directory (PyG writes its processed copy there). Prints, per seed: epochs run, kept
+epoch, test accuracy, wall time.
 """
 
 from __future__ import annotations

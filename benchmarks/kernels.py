@@ -2,15 +2,16 @@
 
     python benchmarks/kernels.py --sizes 256,1024,4096,16384 --repeats 5 --out bench.json
 
-For each N: d=64, 8 heads, fp32, ``--batch`` (``--large-batch`` from N ≥ ``--large-from``),
-forward and forward+backward (grad of sum(out · q) wrt q, k, v), median of ``--repeats`` timed runs
-after one warm-up; the timed runs of one N go round-robin over all methods (the machine may be
-shared: a change of load then hits every method alike, and the ratios stay comparable). FLOPs: 4·B·H·N²·d forward, 3.5× that forward+backward (FlashAttention
-convention). Memory ("mem MB"): for JAX, the compiled program's arguments + outputs + temporaries
-(``memory_analysis``), i.e. the peak it allocates; for torch, "-" (not measured in-process). The
-``--targets`` check runs each target config in a fresh subprocess and reports its peak RSS
-(the child's VmHWM on Linux, else ru_maxrss; includes the Python/JAX runtime). Methods whose
-N×N (or N×N×A) tensors would exceed ``--max-dense-gb`` are skipped and marked "skip".
+For each N: d=64, 8 heads, fp32, ``--batch`` (``--large-batch`` from N ≥ ``--large-from``), forward
+and forward+backward (grad of sum(out · q) wrt q, k, v), median of ``--repeats`` timed runs after
+one warm-up; the timed runs of one N go round-robin over all methods (the machine may be shared: a
+change of load then hits every method alike, and the ratios stay comparable). FLOPs: 4·B·H·N²·d
+forward, 3.5× that forward+backward (FlashAttention convention). Memory ("mem MB"): for JAX, the
+compiled program's arguments + outputs + temporaries (``memory_analysis``), i.e. the peak it
+allocates; for torch, "-" (not measured in-process). The ``--targets`` check runs each target config
+in a fresh subprocess and reports its peak RSS (the child's VmHWM on Linux, else ru_maxrss; includes
+the Python/JAX runtime). Methods whose N×N (or N×N×A) tensors would exceed ``--max-dense-gb`` are
+skipped and marked "skip".
 """
 
 from __future__ import annotations
@@ -124,7 +125,8 @@ def bench_size(n, b, repeats, max_dense_gb, skip_additive_from, skip=(), torch_t
   except ImportError:
     torch_jobs = ()
     print("torch not installed: skipping torch SDPA")
-  for mode, fn, fl in zip(("fwd", "fwd+bwd"), torch_jobs, (4 * b * H * n * n * D, 3.5 * 4 * b * H * n * n * D)):
+  flops = (4 * b * H * n * n * D, 3.5 * 4 * b * H * n * n * D)
+  for mode, fn, fl in zip(("fwd", "fwd+bwd"), torch_jobs, flops):
     row = {"N": n, "batch": b, "method": TORCH, "mode": mode, "flops": fl, "mem_mb": None}
     rows.append(row)
     jobs.append(fn)
@@ -202,7 +204,8 @@ def main(argv=None):
   ap.add_argument("--max-dense-gb", type=float, default=8.0)
   ap.add_argument("--additive-up-to", type=int, default=4096, help="additive rows for N <= this")
   ap.add_argument("--targets", action="store_true", help="also run the N=32768 / additive RSS targets")
-  ap.add_argument("--skip", default="", help="comma-separated method names to leave out (as the table prints them, torch sdpa included)")
+  ap.add_argument("--skip", default="", help="comma-separated method names to leave out (as the table "
+                  "prints them, torch sdpa included)")
   ap.add_argument("--torch-threads", type=int, default=os.cpu_count())
   ap.add_argument("--pause", type=float, default=0.3,
                   help="seconds of idle before each timed run (lets torch's OpenMP threads sleep)")

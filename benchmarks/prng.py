@@ -17,7 +17,6 @@ import json
 import os
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from attnlab import modules, prng

@@ -1,4 +1,5 @@
-"""GAT on the Planetoid citation graphs: the paper's recipe (Veličković et al. 2018, Table 3: Cora 83.0 ± 0.7 %).
+"""GAT on the Planetoid citation graphs: the paper's recipe (Veličković et al. 2018, Table 3: Cora
+83.0 ± 0.7 %).
 
     attnlab train --config=configs/cora_gat.py --workdir=runs/cora_gat
     attnlab download planetoid citeseer   # once: Cora ships with attnlab, the others download verified
@@ -10,18 +11,19 @@ unset, they come from $ATTNLAB_DATA_DIR/planetoid (where ``attnlab download`` pu
 from the copy of Cora shipped with attnlab (attnlab.data.paths). PubMed's paper setting differs
 (8 output heads, lr 0.01, L2 1e-3): set those with --config.model.options.output_heads=8 etc.
 
-The recipe: 2 GraphAttention layers, 8 heads × 8 hidden units concatenated, ELU, output layer
-with 1 head (mean); dropout 0.6 on each layer's input, on the attention coefficients and on the
-projected features used as values (GAT's reference code, ``value_dropout``); L2 5e-4 on every parameter (biases included) added to the gradient, Adam lr 0.005;
-row-normalised features served sparse (O(nnz) input projection and dropout); Glorot init.
-Each split is served as its 2-hop computation subgraph (``subgraph_hops=2``: only the nodes and
-edges each layer needs for the split's outputs, attnlab.data.graph), so the losses, gradients and
-metrics are the whole graph's at a fraction of the cost; ``--config.task.knobs.subgraph_hops=0``
-runs on the whole graph. Results and wall times: experiments/cora_gat/README.md.
-Early stopping as GAT's execute_cora.py: validation (deterministic) after every epoch; a seed's
-patience counter (100) resets when val accuracy >= its best or val loss (cross-entropy) <= its
-best; the test accuracy reported is that of the last epoch at which both were. Ten seeds train
-together in one vmapped program; result.json holds each seed's test accuracy, mean and std.
+The recipe: 2 GraphAttention layers, 8 heads × 8 hidden units concatenated, ELU, output layer with 1
+head (mean); dropout 0.6 on each layer's input, on the attention coefficients and on the projected
+features used as values (GAT's reference code, ``value_dropout``); L2 5e-4 on every parameter
+(biases included) added to the gradient, Adam lr 0.005; row-normalised features served sparse
+(O(nnz) input projection and dropout); Glorot init. Each split is served as its 2-hop computation
+subgraph (``subgraph_hops=2``: only the nodes and edges each layer needs for the split's outputs,
+attnlab.data.graph), so the losses, gradients and metrics are the whole graph's at a fraction of the
+cost; ``--config.task.knobs.subgraph_hops=0`` runs on the whole graph. Results and wall times:
+experiments/cora_gat/README.md. Early stopping as GAT's execute_cora.py: validation (deterministic)
+after every epoch; a seed's patience counter (100) resets when val accuracy >= its best or val loss
+(cross-entropy) <= its best; the test accuracy reported is that of the last epoch at which both
+were. Ten seeds train together in one vmapped program; result.json holds each seed's test accuracy,
+mean and std.
 """
 
 from ml_collections import config_dict

@@ -6,8 +6,8 @@ import tempfile
 
 import jax
 
-_CACHE = pathlib.Path(os.environ.get("ATTNLAB_TEST_JAX_CACHE",
-                                     pathlib.Path(__file__).resolve().parent.parent / ".pytest_cache" / "jax"))
+_ROOT = pathlib.Path(__file__).resolve().parent.parent
+_CACHE = pathlib.Path(os.environ.get("ATTNLAB_TEST_JAX_CACHE", _ROOT / ".pytest_cache" / "jax"))
 jax.config.update("jax_compilation_cache_dir", str(_CACHE))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 # The tests compare with NumPy at fp32 tolerances: ask for fp32 matmuls where the backend's default

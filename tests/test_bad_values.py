@@ -22,7 +22,8 @@ def test_malformed_results_lines_are_skipped_by_name(tmp_path):
   good = [result_line(v, s, a) for v, accs in {"dot": (0.9, 0.92), "additive": (0.7, 0.75)}.items()
           for s, a in enumerate(accs)]
   bad = ['{"foo": 1}', "[1, 2, 3]", json.dumps({"run": good[0]["run"], "seed": 5}),
-         json.dumps({**good[0], "seed": "x"}), json.dumps({**good[0], "metrics": {"test": {"accuracy": "9"}}})]
+         json.dumps({**good[0], "seed": "x"}),
+         json.dumps({**good[0], "metrics": {"test": {"accuracy": "9"}}})]
   path.write_text("\n".join([json.dumps(good[0]), *bad, *map(json.dumps, good[1:])]) + "\n")
   with pytest.warns(UserWarning) as caught:
     assert results.read_lines(path) == good

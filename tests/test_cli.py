@@ -96,7 +96,8 @@ def test_verbosity_brings_back_absl_prefixes(tmp_path):
 def test_help_lists_the_commands_and_a_commands_main_flags():
   out = attnlab("--help")
   assert out.returncode == 0 and out.stdout.startswith("usage: attnlab {train,sweep,report,download,list}")
-  assert all(re.search(rf"^  {c} +\w", out.stdout, re.M) for c in ("train", "sweep", "report", "download", "list"))
+  commands = ("train", "sweep", "report", "download", "list")
+  assert all(re.search(rf"^  {c} +\w", out.stdout, re.M) for c in commands)
   out = attnlab("train", "--help")
   assert out.returncode == 0 and out.stdout.startswith("usage: attnlab train --config=")
   flags_listed = re.findall(r"^  --(\w+):", out.stdout, re.M)
@@ -152,9 +153,9 @@ def test_sweep_killed_after_first_line_then_resumed(tmp_path):
   assert len(runs) >= 2
   want = {(results.canonical(r.point), s) for r in runs for s in runs[0].config.train.seeds}
   lines = (workdir / "results.jsonl").read_text().splitlines()
-  counts = collections.Counter(results.key(json.loads(l)) for l in lines)
+  counts = collections.Counter(results.key(json.loads(line)) for line in lines)
   assert set(counts) == want and set(counts.values()) == {1}  # every (run, seed) exactly once
-  assert all(r in [json.loads(l) for l in lines] for r in first)  # nothing lost or rewritten
+  assert all(r in [json.loads(line) for line in lines] for r in first)  # nothing lost or rewritten
   assert "| task | variant |" in out.stdout and (workdir / "report.md").exists()
 
 

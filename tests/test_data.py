@@ -62,7 +62,8 @@ def test_registered_tasks_build_with_their_default_knobs(name):
 def test_train_batches_deterministic_in_seed_and_step(name):
   t = task(name)
   if t.family == "node_classifier":  # one fixed batch (the graph) per split, whatever the seed
-    np.testing.assert_array_equal(t.batch("train", 7, 8, seed=1)["mask"], t.batch("train", 0, 8, seed=2)["mask"])
+    np.testing.assert_array_equal(t.batch("train", 7, 8, seed=1)["mask"],
+                                  t.batch("train", 0, 8, seed=2)["mask"])
     return
   a, b = t.batch("train", 7, 8, seed=1), t.batch("train", 7, 8, seed=1)
   c, d = t.batch("train", 7, 8, seed=2), t.batch("train", 8, 8, seed=1)
@@ -200,8 +201,9 @@ def test_every_registered_task_yields_declared_batches(name):
       assert set(b) == {"features", "edges", "labels", "mask"} | lists
       inc = kernels.segments.from_arrays(b, "edge_lists")  # the edges plus one self loop per node
       loops = np.arange(n)
-      assert (sorted(zip(np.asarray(inc.in_index).tolist(), np.asarray(inc.out_index).tolist()))
-              == sorted(zip(b["edges"][0].tolist() + loops.tolist(), b["edges"][1].tolist() + loops.tolist())))
+      want = zip(b["edges"][0].tolist() + loops.tolist(), b["edges"][1].tolist() + loops.tolist())
+      got = zip(np.asarray(inc.in_index).tolist(), np.asarray(inc.out_index).tolist())
+      assert sorted(got) == sorted(want)
       assert b["features"].shape == (n, spec["num_features"]) and b["features"].dtype == np.float32
       assert b["edges"].dtype == np.int32 and b["edges"].shape[0] == 2
       assert b["edges"].min() >= 0 and b["edges"].max() < n
@@ -420,7 +422,6 @@ def test_missing_extra_says_what_to_install(monkeypatch, name, module):
     registry.get("task", name)()
 
 
-
 def test_citeseer_isolated_test_nodes_are_padded(tmp_path):
   """A tiny Citeseer-named dataset: 502 allx nodes (2 train + 500 val), test ids 504 and 502 (file
   order); node 503 has no tx row (isolated) and must be padded with zeros, as Kipf & Welling."""
@@ -522,7 +523,7 @@ def test_planetoid_subgraph_batches_give_the_whole_graph_outputs():
   w, s = whole.batch("train", 0, 1), sub.batch("train", 0, 1)  # (val/test: the same code)
   count = int(w["mask"].sum())
   assert s["mask"][:count].all() and not s["mask"][count:].any()  # the split's nodes first
-  layers = [kernels.segments.from_arrays(s, kernels.layer_prefix(l)) for l in (0, 1)]
+  layers = [kernels.segments.from_arrays(s, kernels.layer_prefix(layer)) for layer in (0, 1)]
   assert layers[1].num_out == count < layers[0].num_out < layers[0].num_in == len(s["labels"])
   assert layers[1].num_in == layers[0].num_out and len(s["labels"]) < len(w["labels"])
   lw, gw = logits_and_grads(params, w)

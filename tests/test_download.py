@@ -101,7 +101,8 @@ def test_defaults_find_the_shipped_copies_and_the_data_dir_overrides(tmp_path, m
   (tmp_path / "tinyshakespeare").mkdir()
   (tmp_path / "tinyshakespeare" / "input.txt").write_text("to be or not to be, " * 200)
   from attnlab import registry  # the task follows the data directory too
-  assert registry.get("task", "shakespeare")(seq_len=8, eval_size=4).tokens[2:] == tuple(sorted(set("to be or n,")))
+  own = registry.get("task", "shakespeare")(seq_len=8, eval_size=4)
+  assert own.tokens[2:] == tuple(sorted(set("to be or n,")))
   monkeypatch.delenv("ATTNLAB_DATA_DIR")
   monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
   assert paths.data_dir() == tmp_path / "xdg" / "attnlab"
@@ -136,8 +137,9 @@ def test_a_wrong_checksum_is_refused_naming_the_file_and_both_sums(server, tmp_p
     load_planetoid("cora", tmp_path)  # the files before it are whole; the bad one never landed
 
 
-@pytest.mark.parametrize("how, match", [("truncate", r"ind\.cora\.x: (transfer|download) from .* (ended|failed)"),
-                                        ("missing", r"ind\.cora\.x: .* answered HTTP 404")])
+@pytest.mark.parametrize("how, match", [
+    ("truncate", r"ind\.cora\.x: (transfer|download) from .* (ended|failed)"),
+    ("missing", r"ind\.cora\.x: .* answered HTTP 404")])
 def test_a_truncated_or_missing_transfer_leaves_no_file(server, tmp_path, how, match):
   server.files = {} if how == "missing" else {"ind.cora.x": (CORA["ind.cora.x"], how)}
   with pytest.raises(download.DownloadError, match=match):

@@ -58,8 +58,8 @@ def assert_same_result(got, want):
 
 
 def logged_steps(d, split="train"):
-  lines = [json.loads(l) for l in (d / "metrics.jsonl").read_text().splitlines()]
-  return [l["step"] for l in lines if l["split"] == split]
+  lines = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
+  return [line["step"] for line in lines if line["split"] == split]
 
 
 def stamp(d):
@@ -264,21 +264,23 @@ def test_a_diverging_seed_stops_and_is_reported_as_diverged(finished, tmp_path, 
   test_acc = result["metrics"]["test"]["accuracy"]
   np.testing.assert_allclose(test_acc["per_seed"][0], per_seed(finished[0], "test", "accuracy")[0],
                              rtol=1e-6)  # the other seed is untouched
-  assert test_acc["per_seed"][1] is None and test_acc["n"] == 1 and test_acc["mean"] == test_acc["per_seed"][0]
+  assert test_acc["per_seed"][1] is None and test_acc["n"] == 1
+  assert test_acc["mean"] == test_acc["per_seed"][0]
   assert "seed 1: diverged at step 5 (left out of the means)" in train.format_result(result)
-  val_lines = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-  assert all(np.isfinite(l["loss"][1]) for l in val_lines if l["split"] == "val")  # last finite state kept
+  val_lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+  # the last finite state is kept
+  assert all(np.isfinite(line["loss"][1]) for line in val_lines if line["split"] == "val")
   s = toy_sweep_of_one()
   monkeypatch.setattr(train, "train_and_evaluate", lambda c, d: result)  # the run above, recorded
   sweep.run_sweep(s, str(tmp_path / "sweep"), progress=False)
   lines = results.read_lines(tmp_path / "sweep" / "results.jsonl")
-  assert [(l["seed"], l["status"], l["metrics"]["test"]["accuracy"]) for l in lines] == [
+  assert [(line["seed"], line["status"], line["metrics"]["test"]["accuracy"]) for line in lines] == [
       (0, "ok", test_acc["per_seed"][0]), (1, "diverged at step 5", None)]
   for seed in (0, 1):  # a variant whose seeds all diverged
     results.append_line(tmp_path / "sweep" / "results.jsonl", {
         **lines[1], "seed": seed, "run": {"group": "g", "task": "runner_toy", "model.options.d_model": 4}})
   text = report.write(str(tmp_path / "sweep"), plots=True)
-  rows = {l.split(" | ")[1]: l for l in text.splitlines() if l.startswith("| runner_toy")}
+  rows = {line.split(" | ")[1]: line for line in text.splitlines() if line.startswith("| runner_toy")}
   cells = rows["d_model=8"].split(" | ")  # task, variant, test, p, val, lr, steps, AUC, zeros, seeds
   assert cells[2] == f"{100 * test_acc['mean']:.1f} ± –" and cells[-1] == "1 (+1 diverged) |"
   assert cells[4] == f"{100 * result['metrics']['val']['accuracy']['mean']:.1f}"

@@ -44,11 +44,11 @@ def test_result_and_metrics_files(two_seed_run):
       np.testing.assert_allclose(entry["std"], v.std(ddof=1), rtol=1e-12)
   acc = per_seed(result, "test", "accuracy")
   assert np.all((acc >= 0) & (acc <= 1)) and acc.mean() > 0.6  # learnable: well above chance
-  lines = [json.loads(l) for l in (d / "metrics.jsonl").read_text().splitlines()]
-  train_steps = [l["step"] for l in lines if l["split"] == "train"]
+  lines = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
+  train_steps = [line["step"] for line in lines if line["split"] == "train"]
   assert train_steps == list(range(1, 25))
-  assert [l["step"] for l in lines if l["split"] == "val"] == [8, 16, 24]
-  last_val = [l for l in lines if l["split"] == "val"][-1]
+  assert [line["step"] for line in lines if line["split"] == "val"] == [8, 16, 24]
+  last_val = [line for line in lines if line["split"] == "val"][-1]
   np.testing.assert_allclose(last_val["accuracy"], per_seed(result, "val", "accuracy"), rtol=1e-6)
   with np.load(d / "attention.npz") as z:  # [H, Lq, Lk] rows of attention weights sum to one
     w = z[z.files[0]]
@@ -83,8 +83,8 @@ def test_resume_after_crash_equals_uninterrupted(two_seed_run, tmp_path, monkeyp
   for split in ("val", "test"):
     np.testing.assert_allclose(per_seed(resumed, split, "loss"), per_seed(uninterrupted, split, "loss"),
                                rtol=1e-5)
-  steps = [json.loads(l)["step"] for l in (tmp_path / "metrics.jsonl").read_text().splitlines()
-           if json.loads(l)["split"] == "train"]
+  steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
+           if json.loads(line)["split"] == "train"]
   assert steps == list(range(1, 25))  # no duplicated lines after the resume
 
 
@@ -94,7 +94,7 @@ def test_early_stopping_keeps_each_seeds_best_val_state(tmp_path):
   cfg.train.early_stopping.metrics = "loss"
   cfg.optim.learning_rate = 0.3  # noisy enough that val loss stops improving for some seed
   result = train.train_and_evaluate(cfg, str(tmp_path))
-  vals = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  vals = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   vals = [v for v in vals if v["split"] == "val"]
   for i in range(2):
     stop = result["stopped_at"][i]
@@ -133,9 +133,9 @@ print("RESULT", json.dumps(r))
   out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=240,
                        cwd=HERE.parent)
   assert out.returncode == 0, out.stderr[-3000:]
-  shards = next(l for l in out.stdout.splitlines() if l.startswith("SHARDS")).split(" ", 1)[1]
+  shards = next(line for line in out.stdout.splitlines() if line.startswith("SHARDS")).split(" ", 1)[1]
   assert shards == "4 (2, 4, 3)"  # the example axis is split over the 4 devices
-  four = json.loads(next(l for l in out.stdout.splitlines() if l.startswith("RESULT"))[7:])
+  four = json.loads(next(line for line in out.stdout.splitlines() if line.startswith("RESULT"))[7:])
   assert four["devices"] == 4 and one_device["devices"] == 1
   for split in ("val", "test"):
     for metric in ("loss", "accuracy"):
@@ -197,7 +197,8 @@ def test_a_run_with_an_earlier_runs_config_reuses_its_lines(tmp_path):
   assert {i: t.index for i, t in sweep._twins(runs).items()} == {1: 0}  # pylint: disable=protected-access
   assert sweep.run_sweep(s, str(tmp_path), progress=False) == {"runs": 3, "trained": 2, "skipped": 1,
                                                                 "busy": 0}
-  lines = {(results.canonical(r["run"]), r["seed"]): r for r in results.read_lines(tmp_path / "results.jsonl")}
+  recorded = results.read_lines(tmp_path / "results.jsonl")
+  lines = {(results.canonical(r["run"]), r["seed"]): r for r in recorded}
   assert len(lines) == 6
   alone = train.train_and_evaluate(runs[1].config, str(tmp_path / "alone"))  # what training it gives
   for i, seed in enumerate((0, 1)):
@@ -300,11 +301,11 @@ def test_report_renders_from_a_results_file(tmp_path):
           "metrics": {"val": {"accuracy": v + rng.normal() * 0.01}, "test": {"accuracy": v}}})
   text = report.write(str(tmp_path), plots=True)
   assert (tmp_path / "report.md").read_text() == text
-  row = next(l for l in text.splitlines() if "| score=dot |" in l)
+  row = next(line for line in text.splitlines() if "| score=dot |" in line)
   v = np.asarray(accs["dot"])
   half = 4.302652729911275 * v.std(ddof=1) / math.sqrt(3)  # t_{0.975, 2}
   assert f"{100 * v.mean():.1f} ± {100 * half:.1f}" in row and "★" in row
-  assert "≈" in next(l for l in text.splitlines() if "| score=additive |" in l)
-  concat = next(l for l in text.splitlines() if "| score=concat |" in l)
+  assert "≈" in next(line for line in text.splitlines() if "| score=additive |" in line)
+  concat = next(line for line in text.splitlines() if "| score=concat |" in line)
   assert "★" not in concat and "≈" not in concat
   assert (tmp_path / "plots" / "score.png").stat().st_size > 1000

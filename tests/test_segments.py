@@ -77,8 +77,8 @@ def test_gather_sum_and_sparse_matmul_match_numpy(inc):
   dense = np.zeros((N_OUT, N_IN))
   np.add.at(dense, (out, inn), w[:, 0])
   mat = rng.normal(size=(N_IN, 5)).astype(np.float32)
-  np.testing.assert_allclose(segments.matmul(segments.SparseMatrix(jnp.asarray(w[:, 0]), inc), jnp.asarray(mat)),
-                             dense @ mat, atol=1e-5)
+  sparse = segments.SparseMatrix(jnp.asarray(w[:, 0]), inc)
+  np.testing.assert_allclose(segments.matmul(sparse, jnp.asarray(mat)), dense @ mat, atol=1e-5)
 
 
 def test_gradients_match_finite_differences(inc):
@@ -142,7 +142,6 @@ def test_bad_incidence_is_refused_by_name():
     segments.gather_sum(jnp.zeros((2, 3)), jnp.zeros((2, 4)), inc)
   with pytest.raises(ValueError, match="segment_softmax: scores must have 2 rows"):
     segments.segment_softmax(jnp.zeros((5,)), inc)
-
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])

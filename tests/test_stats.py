@@ -53,7 +53,8 @@ def test_paired_and_welch_tests_by_hand():
   assert stats.paired_p(a, a - d) == pytest.approx(_t3_p(t), rel=1e-9)
   assert 0.02 < _t3_p(t) < 0.05
   # equal variances and sizes: Welch's df = 2(n - 1) = 2; t = 3 / sqrt(2)
-  assert stats.welch_p([1.0, 3.0], [4.0, 6.0]) == pytest.approx(1 - 3 / math.sqrt(2) / math.sqrt(6.5), rel=1e-9)
+  expected = 1 - 3 / math.sqrt(2) / math.sqrt(6.5)
+  assert stats.welch_p([1.0, 3.0], [4.0, 6.0]) == pytest.approx(expected, rel=1e-9)
   assert stats.paired_p([1.0, 2.0], [1.0, 2.0]) == 1.0 and stats.paired_p([1.0, 2.0], [0.0, 1.0]) == 0.0
   assert math.isnan(stats.paired_p([1.0], [2.0])) and math.isnan(stats.welch_p([1.0], [2.0, 3.0]))
 
@@ -91,7 +92,7 @@ def test_report_marks_use_paired_tests_with_holm(tmp_path):
   assert [rs[f"score={v}"].mark for v in ("best", "a", "b", "c")] == ["★", "≈", "≈", ""]
   assert stats.welch_p(best, rivals["c"]) > 0.05  # unpaired, the seeds' spread would hide it
   text = report.write(str(tmp_path), plots=False)
-  row_c = next(l for l in text.splitlines() if "| score=c |" in l).split(" | ")
+  row_c = next(line for line in text.splitlines() if "| score=c |" in line).split(" | ")
   assert row_c[3] == f"{holm['c']:.3f}" or (row_c[3] == "<0.001" and holm["c"] < 0.001)
 
 
@@ -114,7 +115,7 @@ def test_rate_chosen_on_val_and_edge_warned(tmp_path):
   assert rs["score=additive"].reach_steps == [] and rs["score=additive"].reach_of == 3  # never reached
   assert rs["score=dot"].reach_steps == [30, 31, 32]
   text = report.write(str(tmp_path), plots=False)
-  cells = {l.split(" | ")[1]: l.split(" | ") for l in text.splitlines() if l.startswith("| toy")}
+  cells = {line.split(" | ")[1]: line.split(" | ") for line in text.splitlines() if line.startswith("| toy")}
   assert cells["score=dot"][5] == "0.01 ⚠" and cells["score=additive"][5] == "0.001 ⚠"
   assert cells["score=dot"][6] == "31 ± 2 (3/3)" and cells["score=additive"][6] == "– (0/3)"
   assert "steps to val accuracy ≥ 0.9" in text
@@ -125,5 +126,5 @@ def test_old_lines_show_dashes(tmp_path):
   for seed, v in enumerate((0.9, 0.92)):
     results.append_line(tmp_path / "results.jsonl", line("dot", seed, v))
   text = report.write(str(tmp_path), plots=False)
-  cells = next(l for l in text.splitlines() if "| score=dot |" in l).split(" | ")
+  cells = next(line for line in text.splitlines() if "| score=dot |" in line).split(" | ")
   assert cells[5:8] == ["-", "-", "-"] and "zeros" not in text  # lr, steps, AUC; no sparsity column

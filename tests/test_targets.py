@@ -43,6 +43,7 @@ def test_hard_deterministic_is_argmax_and_needs_no_rng():
 def test_hard_log_prob_gives_reinforce_gradient():
   # ∇ E_j~α[f(j)] = E[f(j) ∇ log α_j]; with f = one-hot of index 0 this is ∇ α_0 exactly.
   n = 20000
+
   def surrogate(q, r):
     _, aux = kernels.attention(q, K, V, target="hard", rng=r, return_aux=True)
     reward = (aux["index"][0, 0, 0] == 0).astype(jnp.float32)

@@ -29,7 +29,8 @@ def tuned_config(rates=RATES, lr=0.02):
 
 
 def _lines(d, split):
-  return [l for l in map(json.loads, (d / "metrics.jsonl").read_text().splitlines()) if l["split"] == split]
+  lines = map(json.loads, (d / "metrics.jsonl").read_text().splitlines())
+  return [line for line in lines if line["split"] == split]
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +56,8 @@ def test_grid_members_train_as_each_rate_alone(grid_and_alone):
     for split in ("train", "val"):  # every logged step: members r·S .. r·S+S-1 are this rate's seeds
       a = _lines(one_dir, split)  # it ends when its seeds have stopped; the grid may go on
       g = _lines(grid_dir, split)[:len(a)]
-      assert [l["step"] for l in g] == [l["step"] for l in a] and len(a) >= 3
-      np.testing.assert_allclose([l["loss"][2 * r:2 * r + 2] for l in g], [l["loss"] for l in a],
+      assert [line["step"] for line in g] == [line["step"] for line in a] and len(a) >= 3
+      np.testing.assert_allclose([line["loss"][2 * r:2 * r + 2] for line in g], [line["loss"] for line in a],
                                  rtol=2e-5, atol=1e-6)
   stops = per_rate[0]["stopped_at"] + per_rate[1]["stopped_at"]
   assert min(stops) < 48 and len(set(stops)) > 1  # members stopped at different steps
@@ -178,11 +179,11 @@ def test_sweep_overrides_switch_the_protocol_on_and_lines_record_every_rate(tmp_
   sweep.run_sweep(s, str(tmp_path), progress=False)
   lines = results.read_lines(tmp_path / "results.jsonl")
   assert len(lines) == 4
-  for l in lines:
-    assert [p["learning_rate"] for p in l["per_rate"]] == [0.01, 0.05, 0.2]
-    chosen = next(p for p in l["per_rate"] if p["learning_rate"] == l["learning_rate"])
-    assert chosen["metrics"] == l["metrics"] and chosen["auc"] == l["auc"]
-    assert l["reach"] == {"metric": "accuracy", "value": 0.7} and l["select_metric"] == "accuracy"
+  for line in lines:
+    assert [p["learning_rate"] for p in line["per_rate"]] == [0.01, 0.05, 0.2]
+    chosen = next(p for p in line["per_rate"] if p["learning_rate"] == line["learning_rate"])
+    assert chosen["metrics"] == line["metrics"] and chosen["auc"] == line["auc"]
+    assert line["reach"] == {"metric": "accuracy", "value": 0.7} and line["select_metric"] == "accuracy"
   text = report.write(str(tmp_path), plots=False)
   assert "| lr |" in text and "steps to val accuracy ≥ 0.7" in text
   bad = {**lines[0], "seed": 7, "per_rate": [{**lines[0]["per_rate"][0], "auc": "high"}]}

@@ -106,8 +106,8 @@ def computation_subgraph(edges: np.ndarray, num_nodes: int, targets: np.ndarray,
   position[nodes] = np.arange(len(nodes))
   sizes = [int(np.sum(dist <= d)) for d in range(hops + 1)]
   layer_edges = []
-  for l in range(hops):
-    e = edges[:, dist[edges[1]] <= hops - 1 - l]
+  for layer in range(hops):
+    e = edges[:, dist[edges[1]] <= hops - 1 - layer]
     layer_edges.append(position[e].astype(np.int32))
   return nodes, sizes, layer_edges
 
@@ -146,9 +146,9 @@ class GraphTask(Task):
         nodes, sizes, layer_edges = computation_subgraph(g.edges, g.num_nodes, g.split_index(split),
                                                          hops)
         edges, features, lists = layer_edges[0], g.features[nodes], {}
-        for l, e in enumerate(layer_edges):  # layer l: targets = the first sizes[hops - 1 - l] nodes
-          inc = graph_kernels.edge_incidence(e, sizes[hops - l], num_out=sizes[hops - 1 - l])
-          lists.update(segments.to_arrays(inc, graph_kernels.layer_prefix(l)))
+        for layer, e in enumerate(layer_edges):  # targets: the first sizes[hops - 1 - layer] nodes
+          inc = graph_kernels.edge_incidence(e, sizes[hops - layer], num_out=sizes[hops - 1 - layer])
+          lists.update(segments.to_arrays(inc, graph_kernels.layer_prefix(layer)))
       else:
         nodes, edges, features = np.arange(g.num_nodes), g.edges, g.features
         lists = segments.to_arrays(graph_kernels.edge_incidence(edges, g.num_nodes), "edge_lists")

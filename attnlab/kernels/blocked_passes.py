@@ -101,8 +101,6 @@ class Plan:
     return m
 
 
-
-
 def _scores(pairwise, params, fq_i, fk_j):
   return pairwise(params, fq_i, fk_j).astype(jnp.float32)  # [Bq, Bk]
 

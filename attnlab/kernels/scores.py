@@ -7,14 +7,14 @@ once and the pairwise stage can run on blocks of (query, key) pairs:
     features_k = project_k(params, k)          # [Lk, D] -> [Lk, F]
     scores     = pairwise(params, fq, fk)      # [Lq, F], [Lk, F] -> [Lq, Lk]
 
-| name         | s(q, k)                                   | params pytree (shared by all heads)            |
-|--------------|-------------------------------------------|------------------------------------------------|
-| `dot`        | q · k                                     | None                                           |
-| `scaled_dot` | q · k / √d                                | None                                           |
-| `general`    | qᵀ W k                                    | {"W": [D, D]}                                  |
-| `cosine`     | exp(log_scale) · cos(q, k)                | {"log_scale": []} (learnable temperature)      |
-| `additive`   | vᵀ tanh(W_q q + W_k k + b)   (Bahdanau)   | {"W_q": [D, A], "W_k": [D, A], "b": [A], "v": [A]} |
-| `concat`     | vᵀ tanh(W [q; k])            (Luong)      | {"W": [2D, A], "v": [A]}                        |
+| name         | s(q, k)                               | params pytree (shared by all heads)                |
+|--------------|---------------------------------------|----------------------------------------------------|
+| `dot`        | q · k                                 | None                                               |
+| `scaled_dot` | q · k / √d                            | None                                               |
+| `general`    | qᵀ W k                                | {"W": [D, D]}                                      |
+| `cosine`     | exp(log_scale) · cos(q, k)            | {"log_scale": []} (learnable temperature)          |
+| `additive`   | vᵀ tanh(W_q q + W_k k + b) (Bahdanau) | {"W_q": [D, A], "W_k": [D, A], "b": [A], "v": [A]} |
+| `concat`     | vᵀ tanh(W [q; k]) (Luong)             | {"W": [2D, A], "v": [A]}                           |
 
 Per-head parameters: every leaf may carry an extra leading axis of size ``heads``
 (``init_params(..., num_heads=H)``); the kernel then gives head h the slice ``leaf[h]``.

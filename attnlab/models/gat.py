@@ -61,7 +61,7 @@ class GAT(nnx.Module):
     self.layer2 = modules.GraphAttention(width, spec["num_classes"], attention=output, **common)
 
   def __call__(self, batch: dict, *, train: bool) -> tuple[jax.Array, dict]:
-    layers = [segments.from_arrays(batch, kernels.layer_prefix(l)) for l in range(self.num_layers)]
+    layers = [segments.from_arrays(batch, kernels.layer_prefix(layer)) for layer in range(self.num_layers)]
     if layers[0] is None:  # one graph for both layers: its incidence, or the plain edge list
       edges = segments.from_arrays(batch, "edge_lists")  # self loops included
       layers = [jnp.asarray(batch["edges"]) if edges is None else edges] * self.num_layers

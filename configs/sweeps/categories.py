@@ -6,13 +6,13 @@
 A union of small sub-grids, one per comparison, each changing ONE category of the task's default
 model (configs/<task>.py) with everything else fixed; 3 seeds each (vmapped):
 
-| group  | task(s)                 | compares                                                        |
-|--------|-------------------------|-----------------------------------------------------------------|
-| score  | assoc_recall, reverse   | additive, concat, dot, scaled_dot, general (softmax, soft, 4 heads) |
-| source | reverse                 | decoder with cross-attention to the encoder vs self-attention only over [source; target] |
-| target | assoc_recall, digits    | soft (expectation) vs hard (sampled, REINFORCE) vs hard_st (Gumbel straight-through) |
-| heads  | assoc_recall, digits    | 1 head vs 4 split heads (Vaswani) vs 4 copy heads (GAT-style)    |
-| graph  | karate                  | graph attention (GAT additive, dot) vs uniform mean aggregation (GCN-like) |
+| group  | task(s)               | compares                                                          |
+|--------|-----------------------|-------------------------------------------------------------------|
+| score  | assoc_recall, reverse | additive, concat, dot, scaled_dot, general (softmax, soft, 4 heads) |
+| source | reverse               | decoder cross-attention to the encoder vs self-attention only     |
+| target | assoc_recall, digits  | soft (expectation), hard (REINFORCE), hard_st (Gumbel ST)         |
+| heads  | assoc_recall, digits  | 1 head vs 4 split heads (Vaswani) vs 4 copy heads (GAT-style)      |
+| graph  | karate                | graph attention (GAT additive, dot) vs uniform mean (GCN-like)    |
 """
 
 import ml_collections
