@@ -19,7 +19,7 @@ def check_tuning(config: ml_collections.ConfigDict) -> None:
   """optim.learning_rates: distinct positive finite numbers; train.reach_*: a metric and a value."""
   rates = config.optim.learning_rates
   if (not isinstance(rates, (tuple, list)) or len(rates) > MAX_RATES
-      or not all(_is_number(r) and math.isfinite(r) and r > 0 for r in rates)
+      or not all(validate.is_number(r) and math.isfinite(r) and r > 0 for r in rates)
       or len(set(rates)) != len(rates)):
     raise ValueError(f"config: optim.learning_rates must be a tuple of at most {MAX_RATES} distinct "
                      f"numbers in (0, inf) (() = optim.learning_rate alone), got {rates!r}")
@@ -32,10 +32,6 @@ def check_tuning(config: ml_collections.ConfigDict) -> None:
   if value is not None and "accuracy" in config.train.reach_metric and not 0 < value <= 1:
     raise ValueError(f"config: train.reach_value={value} is out of range for "
                      f"{config.train.reach_metric!r}; valid: (0, 1] (None = not measured)")
-
-
-def _is_number(x: Any) -> bool:
-  return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
 # Valid ranges of float fields: whole keys, or for task.knobs and model.options the last part.

@@ -33,6 +33,7 @@ from typing import IO, Any, Callable, Iterable, Iterator
 import numpy as np
 
 from attnlab.stats import mean_ci, t_quantile  # noqa: F401  (re-exported: their old home)
+from attnlab.validate import is_number
 
 STATUS_OK = "ok"  # a results line's status; otherwise "diverged at step N"
 _DISK_FULL = "no space left on device while writing"
@@ -171,27 +172,23 @@ def schema_fault(record: Any) -> str | None:
   return _optional_fault(record, "") or _per_rate_fault(record.get("per_rate"))
 
 
-def _number(value: Any) -> bool:
-  return not isinstance(value, bool) and isinstance(value, (int, float))
-
-
 def _metrics_fault(metrics: dict[str, Any], where: str) -> str | None:
   for split, per in metrics.items():
     for name, value in per.items():
-      if value is not None and not _number(value):
+      if value is not None and not is_number(value):
         return f"{where}{split}.{name} must be a number or null, got {value!r}"
   return None
 
 
 def _optional_fault(record: dict[str, Any], where: str) -> str | None:
   """The optional fields of the module docstring, where present, have their types."""
-  for name, ok, what in (("learning_rate", _number, "a number"),
-                         ("reach_step", lambda v: v is None or (_number(v) and isinstance(v, int)),
+  for name, ok, what in (("learning_rate", is_number, "a number"),
+                         ("reach_step", lambda v: v is None or (is_number(v) and isinstance(v, int)),
                           "an int or null"),
-                         ("auc", lambda v: v is None or _number(v), "a number or null"),
-                         ("attention_sparsity", lambda v: v is None or _number(v), "a number or null"),
+                         ("auc", lambda v: v is None or is_number(v), "a number or null"),
+                         ("attention_sparsity", lambda v: v is None or is_number(v), "a number or null"),
                          ("reach", lambda v: isinstance(v, dict) and isinstance(v.get("metric"), str)
-                          and (v.get("value") is None or _number(v["value"])),
+                          and (v.get("value") is None or is_number(v["value"])),
                           'an object {"metric": str, "value": number or null}')):
     if name in record and not ok(record[name]):
       return f"{where}'{name}' must be {what}, got {record[name]!r}"
@@ -205,7 +202,7 @@ def _per_rate_fault(per_rate: Any) -> str | None:
     return f"'per_rate' must be a non-empty list, got {per_rate!r}"
   for i, entry in enumerate(per_rate):
     where = f"per_rate[{i}]"
-    if not isinstance(entry, dict) or not _number(entry.get("learning_rate")):
+    if not isinstance(entry, dict) or not is_number(entry.get("learning_rate")):
       return f"{where} must be an object with a number 'learning_rate'"
     metrics = entry.get("metrics")
     if not isinstance(metrics, dict) or not all(isinstance(v, dict) for v in metrics.values()):

@@ -229,9 +229,9 @@ def _copy_twin(run: Run, twin: Run | None, sweep: ml_collections.ConfigDict,
   has not recorded all of them (then ``run`` trains itself)."""
   if twin is None:
     return False
-  missing = _missing(run, sweep, _done(res_path))
-  lines = {r["seed"]: r for r in results.read_lines(res_path)
-           if results.canonical(r["run"]) == results.canonical(twin.point)}
+  recorded = results.read_lines(res_path)
+  missing = _missing(run, sweep, {results.key(r) for r in recorded})
+  lines = {r["seed"]: r for r in recorded if results.canonical(r["run"]) == results.canonical(twin.point)}
   if not missing or not all(s in lines for s in missing):
     return False
   for seed in missing:

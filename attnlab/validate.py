@@ -11,6 +11,11 @@ from typing import Any, Sequence
 import numpy as np
 
 
+def is_number(value: Any) -> bool:
+  """An int or float, not a bool."""
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def choice(where: str, name: str, value: Any, valid: Sequence[Any], *, bare: bool = False) -> Any:
   """``value`` if it is one of ``valid``; ``bare`` lists string choices unquoted (config keys)."""
   if value not in valid:

@@ -18,6 +18,7 @@ import urllib.error
 import urllib.request
 from typing import Callable
 
+from attnlab import results
 from attnlab.data import paths
 
 PLANETOID_URL = "https://github.com/kimiyoung/planetoid/raw/master/data"
@@ -66,36 +67,33 @@ def sha256_of(path: pathlib.Path) -> str:
 
 
 def fetch(url: str, dest: pathlib.Path, sha256: str | None, *, timeout: float = 60.0) -> str:
-  """Streams ``url`` to ``dest`` atomically; returns the sha256 of what was written.
+  """Streams ``url`` to ``dest`` atomically (``results.atomic_write``); returns its sha256.
 
   Raises DownloadError (and leaves no file, ``dest`` or temporary) on an HTTP or network error, a
   transfer shorter than its Content-Length, or a sha256 other than ``sha256`` (when given).
   """
-  tmp = dest.with_name(f".{dest.name}.{os.getpid()}.part")
-  digest, size = hashlib.sha256(), 0
-  try:
-    with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as out:
-      declared = response.headers.get("Content-Length")
+  digest = hashlib.sha256()
+
+  def stream(out) -> None:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+      declared, size = response.headers.get("Content-Length"), 0
       for chunk in iter(lambda: response.read(_CHUNK), b""):
         digest.update(chunk)
         out.write(chunk)
         size += len(chunk)
-      if declared is not None and size != int(declared):
-        raise DownloadError(f"{dest.name}: transfer from {url} ended after {size} of {declared} bytes")
-      out.flush()
-      os.fsync(out.fileno())
-    got = digest.hexdigest()
-    if sha256 is not None and got != sha256:
-      raise DownloadError(f"{dest.name}: sha256 mismatch for {url}: expected {sha256}, got {got}; "
-                          f"the file was not saved")
-    os.replace(tmp, dest)
-    return got
+    if declared is not None and size != int(declared):
+      raise DownloadError(f"{dest.name}: transfer from {url} ended after {size} of {declared} bytes")
+    if sha256 is not None and digest.hexdigest() != sha256:
+      raise DownloadError(f"{dest.name}: sha256 mismatch for {url}: expected {sha256}, got "
+                          f"{digest.hexdigest()}; the file was not saved")
+
+  try:
+    results.atomic_write(dest, stream)
   except urllib.error.HTTPError as e:
     raise DownloadError(f"{dest.name}: {url} answered HTTP {e.code} {e.reason}") from None
   except (OSError, http.client.HTTPException) as e:  # URLError, timeouts, IncompleteRead, resets
     raise DownloadError(f"{dest.name}: download from {url} failed ({e})") from None
-  finally:
-    tmp.unlink(missing_ok=True)
+  return digest.hexdigest()
 
 
 def download_planetoid(name: str, directory: str | os.PathLike | None = None, *,
