@@ -30,10 +30,10 @@ _COMMANDS = {
     "train": ("attnlab train --config=configs/TASK.py[:arg] --workdir=DIR [--config.KEY=VALUE ...]",
               "Trains one config (its seeds vmapped together); resumes from DIR's checkpoints.",
               ("config", "workdir", "distributed", "verbosity")),
-    "sweep": ("attnlab sweep [--config=configs/sweeps/NAME.py] --workdir=DIR [--shard=i/n]",
+    "sweep": ("attnlab sweep [--config=configs/sweeps/NAME.py] --workdir=DIR [--shard=i/n] [--jobs=N]",
               "Runs every (run, seed) of a sweep not yet in DIR/results.jsonl, then writes the report "
               "(default sweep: configs/sweeps/categories.py).",
-              ("config", "workdir", "shard", "progress", "plots", "distributed", "verbosity")),
+              ("config", "workdir", "shard", "jobs", "progress", "plots", "distributed", "verbosity")),
     "report": ("attnlab report DIR [--metric=accuracy] [--split=test] [--noplots]",
                "Writes DIR/report.md (mean ± 95% CI over seeds) and DIR/plots/ from DIR/results.jsonl.",
                ("metric", "split", "plots")),
@@ -53,6 +53,9 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/
                                           lock_config=False, accept_new_attributes=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory of the run or sweep.")
 _SHARD = flags.DEFINE_string("shard", None, "sweep: run every n-th run, i/n (0 <= i < n).")
+_JOBS = flags.DEFINE_integer("jobs", None, "sweep: worker processes training runs at once (default: the "
+                             "CPU cores on a CPU backend, 1 on an accelerator or with --distributed).",
+                             lower_bound=1)
 _PROGRESS = flags.DEFINE_bool("progress", True, "sweep: show a progress bar.")
 _METRIC = flags.DEFINE_string("metric", "accuracy", "report: the metric compared.")
 _SPLIT = flags.DEFINE_string("split", "test", "report: the split compared (val or test).")
@@ -172,7 +175,9 @@ def _sweep() -> None:
   shard = sweep.parse_shard(_SHARD.value)
   if _PROGRESS.value:
     logging.set_verbosity(logging.WARNING)
-  counts = sweep.run_sweep(cfg, _WORKDIR.value, shard=shard, progress=_PROGRESS.value)
+  from attnlab import workers  # pylint: disable=g-import-not-at-top
+  jobs = 1 if _DISTRIBUTED.value else (_JOBS.value or workers.default_jobs())
+  counts = workers.run(cfg, _WORKDIR.value, jobs=jobs, shard=shard, progress=_PROGRESS.value)
   from attnlab import train  # pylint: disable=g-import-not-at-top
   if not train.is_primary():
     return

@@ -5,7 +5,8 @@ shown at the rate chosen on VALIDATION from all its seeds' lines: fewest diverge
 best mean val value of the metric compared (``tuning.choose``); every column then reads that rate.
 Per variant: the compared metric's mean ± 95% Student-t CI over the seeds that did not diverge, the
 val mean, the learning speed (steps to the val threshold over the seeds that reached it, with how
-many did; the val-curve area) and the attention sparsity.
+many did; the val-curve area), how many seeds early stopping stopped before the step budget (a
+plateau on val) and the attention sparsity.
 
 Within a block (category × task) the best mean is ★. Every other variant is compared with it by a
 paired t-test on per-seed differences (seed i sees the same data, in the same order, for every
@@ -47,6 +48,7 @@ class Row:
   reach_steps: list[int] = dataclasses.field(default_factory=list)  # of the seeds that reached it
   reach_of: int = 0  # seeds (not diverged) measured
   auc: list[float] = dataclasses.field(default_factory=list)
+  stopped: int | None = None  # seeds (not diverged) that early stopping stopped before the budget
   sparsity: list[float] = dataclasses.field(default_factory=list)
 
   @property
@@ -103,6 +105,8 @@ def variant_row(recs: list[dict[str, Any]], metric: str, split: str) -> Row | No
     row.reach_of = len(measured)
     row.reach_steps = [v["reach_step"] for v in measured if v.get("reach_step") is not None]
   row.auc = [v["auc"] for _, v in ok if v.get("auc") is not None]
+  if ok and all(r.get("early_stopping") and "steps" in r and "stopped_at" in v for r, v in ok):
+    row.stopped = sum(v["stopped_at"] < r["steps"] for r, v in ok)
   row.sparsity = [r["attention_sparsity"] for r, _ in ok if r.get("attention_sparsity") is not None
                   and r.get("learning_rate") == lr]  # recorded at the run's own chosen rate
   return row

@@ -1,17 +1,17 @@
 """``attnlab report DIR``: the comparison table of a sweep, and its plots.
 
-Rows are grouped by the category compared (the sub-grid's ``group``) and task; each row is a
-variant (attnlab.compare computes the rows: the rate chosen on val, mean ± half-width of the 95%
-Student-t CI over seeds, t_{0.975, n-1} · s / √n with s of ddof=1, paired tests against the block's
-best, Holm-corrected). Columns: the compared metric with ★ (best in its block) or ≈ (not
-significantly different from the best after Holm), the Holm-adjusted p-value against the best, the
-val mean, the learning rate (⚠: at the edge of its grid, widen the grid), steps to the val threshold
-(mean ± CI over the seeds that reached it, "reached/seeds"), the val-curve area (attnlab.tuning)
-and, when recorded, the % of exact zeros in the attention weights (attnlab.sparsity). A field that
-results lines of older runs lack shows "-". Seeds that diverged (a non-finite training loss) are
-counted in the seeds column and left out of everything else; a variant whose seeds all diverged
-shows "diverged". Written to ``DIR/report.md``; an unknown metric or split, or no results, is an
-error that leaves an existing report as it is.
+Rows are grouped by the category compared (the sub-grid's ``group``) and task; each row is a variant
+(attnlab.compare computes the rows: the rate chosen on val, mean ± half-width of the 95% Student-t
+CI over seeds, t_{0.975, n-1} · s / √n with s of ddof=1, paired tests against the block's best,
+Holm-corrected). Columns: the compared metric with ★ (best in its block) or ≈ (not significantly
+different from the best after Holm), the Holm-adjusted p-value against the best, the val mean, the
+learning rate (⚠: at the edge of its grid, widen the grid), steps to the val threshold (mean ± CI
+over the seeds that reached it, "reached/seeds"), the val-curve area (attnlab.tuning), the seeds
+stopped early on a val plateau (of the seeds) and, when recorded, the % of exact zeros in the
+attention weights (attnlab.sparsity). A field that results lines of older runs lack shows "-". Seeds
+that diverged (a non-finite training loss) are counted in the seeds column and left out of
+everything else; a variant whose seeds all diverged shows "diverged". Written to ``DIR/report.md``;
+an unknown metric or split, or no results, is an error that leaves an existing report as it is.
 
 Plots (matplotlib, the ``plots`` extra, imported only here) go to ``DIR/plots/``: the metric per
 variant per task (``<group>.png``), val learning curves from each run's metrics.jsonl at its chosen
@@ -98,7 +98,7 @@ def _cells(r: Row, pct: float, speed_pct: float, zeros: bool) -> list[str]:
     cell = f"{cell} {r.mark}"
   seeds = f"{len(r.values)} (+{r.diverged} diverged)" if r.diverged else f"{len(r.values)}"
   out = [r.task, r.variant, cell, _p_cell(r.p), _fmt(r.val_mean, pct), _lr_cell(r), _steps_cell(r),
-         _ci_cell(r.auc, speed_pct)]
+         _ci_cell(r.auc, speed_pct), "-" if r.stopped is None else f"{r.stopped}/{len(r.values)}"]
   if zeros:
     out.append(f"{100 * np.mean(r.sparsity):.1f}" if r.sparsity else "-")
   return out + [seeds]
@@ -126,14 +126,16 @@ def markdown(rs: list[Row], meta: dict[str, Any], metric: str = "accuracy", spli
            f"within the block, p ≥ 0.05 (the p column). Steps: the first evaluation at which the val "
            f"metric reached the threshold, over the seeds that reached it (reached/seeds); AUC: the "
            f"mean val metric over the evaluations of the step budget, stopped seeds holding their "
-           f"last value." + (_ZEROS_NOTE if any(r.sparsity for r in rs) else "") + " - = not recorded."
+           f"last value. Plateau: seeds that early stopping stopped before the step budget (val "
+           f"no longer improving), of the seeds; the others were still improving when the budget "
+           f"ended." + (_ZEROS_NOTE if any(r.sparsity for r in rs) else "") + " - = not recorded."
            + (_DIVERGED_NOTE if any(r.diverged for r in rs) else ""), ""]
   for group in dict.fromkeys(r.group for r in rs):
     grs = [r for r in rs if r.group == group]
     steps, auc, speed_pct = _speed_header(grs)
     zeros = any(r.sparsity for r in grs)
     header = ["task", "variant", f"{split} {metric}{unit}", "p (Holm)", f"val {metric}{unit}", "lr", steps,
-              auc] + (["zeros (%)"] if zeros else []) + ["seeds"]
+              auc, "plateau"] + (["zeros (%)"] if zeros else []) + ["seeds"]
     lines += [f"## {group}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(_cells(r, pct, speed_pct, zeros)) + " |" for r in grs]
     edge = [f"{r.variant} ({r.task})" for r in grs if r.lr_edge]

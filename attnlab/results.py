@@ -15,7 +15,10 @@ Schema. A results line is ``{"run": {"group", "task", ...}, "seed": int, "metric
 line that is torn, not JSON or not of this shape, with a warning naming the file, line and fault.
 Optional fields (attnlab.tuning; lines written before them lack them): ``learning_rate`` (the rate
 of ``metrics``), ``reach`` {"metric", "value"} with ``reach_step`` (int, or null: not reached) and
-``auc`` (number or null), ``attention_sparsity`` (number or null), and for a learning-rate grid
+``auc`` (number or null), ``attention_sparsity`` (number or null), ``steps`` (the step budget, int),
+``early_stopping`` (bool) and ``stopped_at`` (the step early stopping stopped the seed at, or the
+budget), and for a
+learning-rate grid
 ``select_metric`` and ``per_rate``: one {"learning_rate", "metrics", "status", "best_step",
 "stopped_at", "reach_step", "auc"} per rate of the grid.
 """
@@ -186,6 +189,9 @@ def _optional_fault(record: dict[str, Any], where: str) -> str | None:
                          ("reach_step", lambda v: v is None or (is_number(v) and isinstance(v, int)),
                           "an int or null"),
                          ("auc", lambda v: v is None or is_number(v), "a number or null"),
+                         ("steps", lambda v: isinstance(v, int) and not isinstance(v, bool), "an int"),
+                         ("early_stopping", lambda v: isinstance(v, bool), "a bool"),
+                         ("stopped_at", lambda v: isinstance(v, int) and not isinstance(v, bool), "an int"),
                          ("attention_sparsity", lambda v: v is None or is_number(v), "a number or null"),
                          ("reach", lambda v: isinstance(v, dict) and isinstance(v.get("metric"), str)
                           and (v.get("value") is None or is_number(v["value"])),

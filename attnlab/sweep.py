@@ -176,7 +176,8 @@ def parse_shard(text: str | None) -> tuple[int, int]:
 
 def run_sweep(sweep: ml_collections.ConfigDict, workdir: str, *, shard: tuple[int, int] = (0, 1),
               progress: bool = True) -> dict[str, int]:
-  """Runs this shard's unfinished (run, seed) pairs; returns counts (runs, trained, skipped, busy)."""
+  """Runs this shard's unfinished (run, seed) pairs; returns counts (runs, trained, skipped, busy).
+  Runs that reuse a twin's lines come after the others (their twin is then usually recorded)."""
   from attnlab import train  # pylint: disable=g-import-not-at-top
   workdir = pathlib.Path(workdir)
   runs = expand(sweep)
@@ -185,25 +186,33 @@ def run_sweep(sweep: ml_collections.ConfigDict, workdir: str, *, shard: tuple[in
   mine = [r for r in runs if r.index % shard[1] == shard[0]]
   twins = _twins(runs)
   done = _done(res_path)
-  todo = [r for r in mine if _missing(r, sweep, done)]
+  todo = sorted((r for r in mine if _missing(r, sweep, done)), key=lambda r: r.index in twins)
   counts = {"runs": len(mine), "trained": 0, "skipped": len(mine) - len(todo), "busy": 0}
-  bar = _progress(progress and train.is_primary())
+  bar = progress_bar(progress and train.is_primary())
   with bar:
     task_id = bar.add_task(f"sweep {sweep.name}", total=len(mine), completed=counts["skipped"])
     for run in todo:
       bar.update(task_id, description=f"{run.point['group']} · {run.point['task']} · "
                  f"{label(run.point)}")
       run_dir = results.make_dir(workdir / "runs" / run.id)
+      twin = twins.get(run.index)
       try:
         with runlock.hold(run_dir) if train.is_primary() else contextlib.nullcontext():
-          if _copy_twin(run, twins.get(run.index), sweep, res_path):
+          if _copy_twin(run, twin, sweep, res_path):
             counts["skipped"] += 1
-          else:
-            counts["trained" if _train_run(run, sweep, run_dir, res_path) else "skipped"] += 1
+            continue
+          # A twin another process is training is waited for by a later pass (RunBusy), not repeated.
+          with (runlock.hold(results.make_dir(workdir / "runs" / twin.id))
+                if twin is not None and train.is_primary() else contextlib.nullcontext()):
+            if _copy_twin(run, twin, sweep, res_path):
+              counts["skipped"] += 1
+            else:
+              counts["trained" if _train_run(run, sweep, run_dir, res_path) else "skipped"] += 1
       except runlock.RunBusy as e:
         logging.warning("sweep %s: skipping run %s: %s", sweep.name, run.id, e)
         counts["busy"] += 1
-      bar.advance(task_id)
+      finally:
+        bar.advance(task_id)
   logging.info("sweep %s shard %d/%d: %s", sweep.name, shard[0], shard[1], counts)
   return counts
 
@@ -287,7 +296,7 @@ def label(point: dict[str, Any]) -> str:
   return ", ".join(parts) or "default"
 
 
-def _progress(enabled: bool) -> Any:
+def progress_bar(enabled: bool) -> Any:
   from rich import progress as rp  # pylint: disable=g-import-not-at-top
   return rp.Progress(rp.TextColumn("{task.description}"), rp.BarColumn(), rp.MofNCompleteColumn(),
                      rp.TimeElapsedColumn(), rp.TextColumn("ETA"), rp.TimeRemainingColumn(),

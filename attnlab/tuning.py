@@ -100,7 +100,8 @@ def result(config: ml_collections.ConfigDict, val: dict[str, Any], test: dict[st
   select = config.optim.select_metric
   chosen = (choose([p["metrics"]["val"][select]["per_seed"] for p in per_rate], select)
             if config.optim.learning_rates else 0)
-  out = {**per_rate[chosen], "reach": {"metric": config.train.reach_metric, "value": reach_value}}
+  out = {**per_rate[chosen], "reach": {"metric": config.train.reach_metric, "value": reach_value},
+         "steps": int(config.train.steps)}
   if config.optim.learning_rates:
     out["tuning"] = {"learning_rates": list(lrs), "select_metric": select, "chosen": chosen,
                      "at_edge": at_edge(chosen, len(lrs)), "per_rate": per_rate}
@@ -110,7 +111,7 @@ def result(config: ml_collections.ConfigDict, val: dict[str, Any], test: dict[st
 def line_fields(result_json: dict[str, Any], i: int) -> dict[str, Any]:
   """The tuning/speed fields of seed ``i``'s results line (absent from results of older runs)."""
   out: dict[str, Any] = {}
-  for key in ("learning_rate", "reach"):
+  for key in ("learning_rate", "reach", "steps", "early_stopping"):
     if key in result_json:
       out[key] = result_json[key]
   for key in ("reach_step", "auc", "attention_sparsity"):

@@ -246,3 +246,20 @@ def test_attention_layer_of_the_transformer_models_takes_the_spec():
   spec = AttentionSpec(num_heads=2, normalizer="sigmoid", normalizer_kwargs={"bias": -1.0})
   layer = transformer.attention_layer(8, spec, rngs=nnx.Rngs(0), in_kv_features=6)
   assert layer.attention is spec and layer.key.in_features == (6,)
+
+
+@pytest.mark.parametrize("head_mode,heads,head_dim", [("split", 2, 12), ("copy", 2, 24), ("split", 1, 24)])
+def test_qkv_features_sets_the_head_dimension_apart_from_d_model(head_mode, heads, head_dim):
+  cls = registry.get("model", "encoder")
+  model = cls(spec=ENCODER_SPEC, rngs=nnx.Rngs(0), d_model=8, num_layers=1, qkv_features=24,
+              attention=AttentionSpec(num_heads=heads, head_mode=head_mode))
+  attn = model.encoder.blocks[0].self_attn
+  assert attn.head_dim == head_dim and attn.query.kernel.shape == (8, heads, head_dim)
+  logits, _ = model({"inputs": jnp.ones((2, 6), jnp.int32)}, train=False)
+  assert logits.shape == (2, 3) and bool(jnp.all(jnp.isfinite(logits)))
+
+
+def test_qkv_features_that_the_split_heads_cannot_divide_is_refused_naming_both():
+  cls = registry.get("model", "encoder")
+  with pytest.raises(ValueError, match=r"model.attention.num_heads \(4\) must divide qkv_features \(6\)"):
+    cls(spec=ENCODER_SPEC, rngs=nnx.Rngs(0), d_model=8, qkv_features=6, attention=AttentionSpec(num_heads=4))

@@ -263,11 +263,17 @@ def test_config_schema_errors():
     config_lib.validate(cfg)
 
 
-def test_default_sweep_expands_over_the_four_tasks():
+def test_default_sweep_is_the_tuned_protocol_over_every_block():
   runs = sweep.expand(config_lib.load_file(str(sweep.DEFAULT)))
-  assert {r.point["task"] for r in runs} == {"assoc_recall", "reverse", "digits", "karate"}
-  assert {r.point["group"] for r in runs} >= {"score", "source", "target", "heads", "graph"}
-  assert all(r.config.train.seeds == (0, 1, 2) for r in runs)
+  assert {r.point["group"] for r in runs} == {"score", "normalizer", "scale", "source", "target", "heads"}
+  for r in runs:
+    assert len(r.config.train.seeds) >= 10 and len(r.config.optim.learning_rates) >= 3
+    assert r.config.train.early_stopping.patience > 0 and r.config.train.reach_value is not None
+  scale = [r for r in runs if r.point["group"] == "scale"]
+  assert {r.config.model.attention.score for r in scale} == {"dot", "scaled_dot"}
+  assert all(r.config.model.options.qkv_features // r.config.model.attention.num_heads >= 128 for r in scale)
+  normalizers = {r.config.model.attention.normalizer for r in runs if r.point["group"] == "normalizer"}
+  assert normalizers == {"softmax", "sparsemax", "entmax15", "sigmoid"}
 
 
 # --- results and statistics ---------------------------------------------------------------------

@@ -30,12 +30,14 @@ class EncoderClassifier(nnx.Module):
   family = "classifier"
 
   def __init__(self, *, spec: dict, rngs: nnx.Rngs, attention: AttentionSpec, d_model: int = 64,
-               num_layers: int = 2, mlp_dim: int | None = None, dropout_rate: float = 0.0,
+               num_layers: int = 2, mlp_dim: int | None = None, qkv_features: int | None = None,
+               dropout_rate: float = 0.0,
                pooling: str = "mean", entropy_bonus: float = 0.01, baseline_decay: float = 0.9):
     _common.check_spec(self.name, spec, "num_classes", "seq_len")
     self.pooling = validate.choice(f"model {self.name!r}", "pooling", pooling, POOLINGS)
     opts = stack_options(self.name, d_model=d_model, num_layers=num_layers, mlp_dim=mlp_dim,
-                         dropout_rate=dropout_rate, attention=attention)
+                         qkv_features=qkv_features, dropout_rate=dropout_rate,
+                         attention=attention)
     extra = 1 if pooling == "cls" else 0
     self.embed = Embedder(d_model, spec["seq_len"] + extra, vocab_size=spec.get("vocab_size"),
                           input_dim=None if "vocab_size" in spec else spec["input_dim"], rngs=rngs)

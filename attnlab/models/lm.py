@@ -24,11 +24,13 @@ class CausalLM(nnx.Module):
   family = "lm"
 
   def __init__(self, *, spec: dict, rngs: nnx.Rngs, attention: AttentionSpec, d_model: int = 64,
-               num_layers: int = 2, mlp_dim: int | None = None, dropout_rate: float = 0.0,
+               num_layers: int = 2, mlp_dim: int | None = None, qkv_features: int | None = None,
+               dropout_rate: float = 0.0,
                entropy_bonus: float = 0.01, baseline_decay: float = 0.9):
     _common.check_spec(self.name, spec, "vocab_size", "seq_len")
     opts = stack_options(self.name, d_model=d_model, num_layers=num_layers, mlp_dim=mlp_dim,
-                         dropout_rate=dropout_rate, attention=attention)
+                         qkv_features=qkv_features, dropout_rate=dropout_rate,
+                         attention=attention)
     self.embed = Embedder(d_model, spec["seq_len"], vocab_size=spec["vocab_size"], rngs=rngs)
     self.decoder = Stack(rngs=rngs, **opts)
     self.head = nnx.Linear(d_model, spec["vocab_size"], rngs=rngs)

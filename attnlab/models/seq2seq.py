@@ -41,12 +41,14 @@ class Seq2SeqTransformer(nnx.Module):
   family = "seq2seq"
 
   def __init__(self, *, spec: dict, rngs: nnx.Rngs, attention: AttentionSpec, d_model: int = 64,
-               num_layers: int = 2, mlp_dim: int | None = None, dropout_rate: float = 0.0,
+               num_layers: int = 2, mlp_dim: int | None = None, qkv_features: int | None = None,
+               dropout_rate: float = 0.0,
                source: str = "cross", entropy_bonus: float = 0.01, baseline_decay: float = 0.9):
     _common.check_spec(self.name, spec, "vocab_size", "seq_len", "target_len")
     self.source = validate.choice(f"model {self.name!r}", "source", source, SOURCES)
     opts = stack_options(self.name, d_model=d_model, num_layers=num_layers, mlp_dim=mlp_dim,
-                         dropout_rate=dropout_rate, attention=attention)
+                         qkv_features=qkv_features, dropout_rate=dropout_rate,
+                         attention=attention)
     ls, lt, v = spec["seq_len"], spec["target_len"], spec["vocab_size"]
     if source == "cross":
       self.src_embed = Embedder(d_model, ls, vocab_size=v, rngs=rngs)

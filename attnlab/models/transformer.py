@@ -26,9 +26,11 @@ Array = jax.Array
 
 
 def attention_layer(d_model: int, attention: AttentionSpec, *, rngs: nnx.Rngs,
-                    in_kv_features: int | None = None) -> modules.MultiHeadAttention:
-  """A MultiHeadAttention d_model -> d_model holding the spec ``attention``."""
-  return modules.MultiHeadAttention(attention.num_heads, d_model, d_model, d_model,
+                    in_kv_features: int | None = None,
+                    qkv_features: int | None = None) -> modules.MultiHeadAttention:
+  """A MultiHeadAttention d_model -> d_model holding the spec ``attention``; q/k/v are projected to
+  ``qkv_features`` (default d_model: heads of d_model / H when split, d_model when copied)."""
+  return modules.MultiHeadAttention(attention.num_heads, d_model, qkv_features or d_model, d_model,
                                     in_kv_features=in_kv_features, attention=attention, rngs=rngs)
 
 
@@ -80,12 +82,12 @@ class Block(nnx.Module):
   """Pre-LN Transformer block: self-attention, optional cross-attention, MLP (residuals)."""
 
   def __init__(self, d_model: int, mlp_dim: int, *, cross: bool, dropout_rate: float,
-               attention: AttentionSpec, rngs: nnx.Rngs):
+               attention: AttentionSpec, rngs: nnx.Rngs, qkv_features: int | None = None):
     self.ln_self = nnx.LayerNorm(d_model, rngs=rngs)
-    self.self_attn = attention_layer(d_model, attention, rngs=rngs)
+    self.self_attn = attention_layer(d_model, attention, rngs=rngs, qkv_features=qkv_features)
     if cross:
       self.ln_cross = nnx.LayerNorm(d_model, rngs=rngs)
-      self.cross_attn = attention_layer(d_model, attention, rngs=rngs)
+      self.cross_attn = attention_layer(d_model, attention, rngs=rngs, qkv_features=qkv_features)
     else:
       self.ln_cross, self.cross_attn = nnx.data(None), nnx.data(None)
     self.ln_mlp = nnx.LayerNorm(d_model, rngs=rngs)
@@ -113,9 +115,11 @@ class Stack(nnx.Module):
   """``num_layers`` Blocks and a final LayerNorm."""
 
   def __init__(self, d_model: int, num_layers: int, mlp_dim: int, *, cross: bool = False,
-               dropout_rate: float, attention: AttentionSpec, rngs: nnx.Rngs):
+               dropout_rate: float, attention: AttentionSpec, rngs: nnx.Rngs,
+               qkv_features: int | None = None):
     self.blocks = nnx.List([Block(d_model, mlp_dim, cross=cross, dropout_rate=dropout_rate,
-                                  attention=attention, rngs=rngs) for _ in range(num_layers)])
+                                  attention=attention, rngs=rngs, qkv_features=qkv_features)
+                            for _ in range(num_layers)])
     self.ln_out = nnx.LayerNorm(d_model, rngs=rngs)
 
   def __call__(self, x: Array, **kwargs) -> tuple[Array, dict]:
@@ -127,9 +131,16 @@ class Stack(nnx.Module):
 
 
 def stack_options(model: str, *, d_model: int, num_layers: int, mlp_dim: int | None,
-                  dropout_rate: float, attention: AttentionSpec) -> dict:
-  """The Stack keyword arguments of a Transformer model (its sizes checked; the spec as given)."""
+                  dropout_rate: float, attention: AttentionSpec, qkv_features: int | None = None) -> dict:
+  """The Stack keyword arguments of a Transformer model (its sizes checked; the spec as given).
+  ``qkv_features`` (default d_model) sets the attention width, hence the head dimension D_k
+  (qkv_features / num_heads for split heads) apart from d_model."""
   for arg, value in (("d_model", d_model), ("num_layers", num_layers)):
     validate.positive_int(f"model {model!r}", arg, value)
+  if qkv_features is not None:
+    validate.positive_int(f"model {model!r}", "qkv_features", qkv_features)
+    if attention.head_mode == "split":
+      validate.divides(f"model {model!r}", "model.attention.num_heads", attention.num_heads,
+                       "qkv_features", qkv_features)
   return dict(d_model=d_model, num_layers=num_layers, mlp_dim=mlp_dim or 4 * d_model,
-              dropout_rate=dropout_rate, attention=attention)
+              dropout_rate=dropout_rate, attention=attention, qkv_features=qkv_features)
