@@ -50,6 +50,7 @@ class Row:
   auc: list[float] = dataclasses.field(default_factory=list)
   stopped: int | None = None  # seeds (not diverged) that early stopping stopped before the budget
   sparsity: list[float] = dataclasses.field(default_factory=list)
+  point: dict[str, Any] = dataclasses.field(default_factory=dict)  # the run point (sweep.Run.point)
 
   @property
   def lr_edge(self) -> bool:
@@ -96,7 +97,7 @@ def variant_row(recs: list[dict[str, Any]], metric: str, split: str) -> Row | No
   point = recs[0]["run"]
   row = Row(point["group"], point["task"], label(point), recs[0].get("run_id", ""), values, mean, ci,
             float(np.mean(val)) if val else math.nan, diverged, seeds=[s for s, _ in kept], lr=lr,
-            num_rates=num_rates, rate_index=index or 0)
+            num_rates=num_rates, rate_index=index or 0, point=point)
   reach = next((r["reach"] for r in recs if (r.get("reach") or {}).get("value") is not None),
                recs[0].get("reach"))
   if reach:
@@ -120,7 +121,19 @@ def rows(records: list[dict[str, Any]], metric: str = "accuracy", split: str = "
   out = [row for recs in by_run.values() if (row := variant_row(recs, metric, split)) is not None]
   for block in blocks(out).values():
     mark(block, results.minimised(metric))
+    _shorten_labels(block)
   return out
+
+
+def _shorten_labels(block: list[Row]) -> None:
+  """Drops from the variant labels of a block of >= 2 rows the keys every row shares (e.g. a step
+  budget fixed for the block's task): the label names what differs."""
+  if len(block) < 2:
+    return
+  first = block[0].point
+  same = {k for k in first if all(k in r.point and r.point[k] == first[k] for r in block)}
+  for r in block:
+    r.variant = label({k: v for k, v in r.point.items() if k not in same or k in ("group", "task")})
 
 
 def blocks(rs: list[Row]) -> dict[tuple[str, str], list[Row]]:
