@@ -5,7 +5,7 @@
 Builds exactly the programs ``attnlab train --config=configs/cora_gat.py`` runs (steps.build on the
 config's task, model and optimiser; seeds vmapped) and times ``train_chunk`` (one optimiser step)
 and ``validate`` (deterministic val forward + early-stopping update), median of ``--repeats``
-after a warm-up, with host memory kept for reuse as ``attnlab train`` keeps it (attnlab.hostmem;
+after a warm-up, with host memory kept for reuse as ``attnlab train`` keeps it (attnlab._hostmem;
 ``ATTNLAB_HOST_MALLOC=off`` times glibc's default instead). ``--profile DIR`` also writes a JAX
 profiler trace of the train step for the largest seed count and prints the XLA ops that took the
 most time. ``--xla_option KEY=VALUE`` (repeatable) also compiles both programs with those XLA
@@ -29,7 +29,9 @@ import jax
 import jax.numpy as jnp
 
 from attnlab import config as config_lib
-from attnlab import hostmem, parallel, prng, steps, train
+from attnlab import _hostmem as hostmem
+from attnlab import _prng as prng
+from attnlab import parallel, steps, train
 from attnlab.rundata import RunData
 from _timing import time_interleaved  # benchmarks/ is on sys.path when run as a script
 
@@ -113,7 +115,7 @@ def main(argv=None):
   options, knobs = dict(args.xla_option), dict(args.task_knob)
   counts = [int(s) for s in args.seeds.split(",")]
   kept = hostmem.keep_freed_host_memory()  # before the first program runs, as the CLI does
-  print(f"host memory kept for reuse (attnlab.hostmem): {'yes' if kept else 'no'}")
+  print(f"host memory kept for reuse (attnlab._hostmem): {'yes' if kept else 'no'}")
   print(f"{'seeds':>5} {'train step':>12} {'validate':>10} {'epoch':>9} {'per seed':>9}")
   for s in counts:
     step, validate = programs(args.data_dir, s)

@@ -161,7 +161,7 @@ def test_sweep_killed_after_first_line_then_resumed(tmp_path):
 
 _FAULTS = """
 import ctypes, resource
-from attnlab import hostmem
+from attnlab import _hostmem as hostmem
 applied = hostmem.keep_freed_host_memory()
 libc = ctypes.CDLL(None)
 libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, (ctypes.c_size_t,)
@@ -175,7 +175,7 @@ print(applied, faults(), faults())
 
 
 @pytest.mark.skipif(sys.platform != "linux" or platform.libc_ver()[0] != "glibc",
-                    reason="attnlab.hostmem tunes glibc's malloc only")
+                    reason="attnlab._hostmem tunes glibc's malloc only")
 @pytest.mark.parametrize("setting", ["default", "off"])
 def test_freed_host_memory_is_reused_without_page_faults(setting):
   env = {k: v for k, v in ENV.items() if not k.startswith("MALLOC_")}

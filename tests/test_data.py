@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from attnlab import AttentionSpec, kernels, losses, registry
+from attnlab import AttentionSpec, losses, registry
 from attnlab.data import UnsafePickleError, computation_subgraph, load_planetoid, paths, safe_pickle
 from attnlab.data.base import epoch_indices
+from attnlab.graph_batch import GraphBatch, SparseMatrix
 from tests.conftest import FAST_COMPILE
 
 PLANETOID = paths.BUNDLED / "planetoid"
@@ -80,9 +81,9 @@ def test_eval_sets_fixed_and_chunked(name):
     n = len(next(iter(full.values())))
     size = 1000 if t.family == "node_classifier" else 7
     chunks = [t.batch(split, i, size, seed=s) for s, i in zip(range(100), range(t.num_batches(split, size)))]
-    for k in full:
-      np.testing.assert_array_equal(np.concatenate([c[k] for c in chunks]) if t.family != "node_classifier"
-                                    else chunks[0][k], full[k])
+    for k in full:  # (a node classifier's graph is a pytree: compared leaf by leaf)
+      jax.tree.map(np.testing.assert_array_equal, np.concatenate([c[k] for c in chunks])
+                   if t.family != "node_classifier" else chunks[0][k], full[k])
     if t.family != "node_classifier":
       assert n == t.eval_size and t.num_batches(split, size) == -(-n // size)
       with pytest.raises(ValueError, match=f"step {t.num_batches(split, size)} is past the {split} set"):
@@ -197,16 +198,17 @@ def test_every_registered_task_yields_declared_batches(name):
       np.testing.assert_array_equal(b["inputs"][:, 1:], b["targets"][:, :-1])
     else:
       n = spec["num_nodes"]
-      lists = {f"edge_lists/{k}" for k in kernels.Incidence._fields}
-      assert set(b) == {"features", "edges", "labels", "mask"} | lists
-      inc = kernels.segments.from_arrays(b, "edge_lists")  # the edges plus one self loop per node
+      assert set(b) == {"graph", "labels", "mask"} and isinstance(b["graph"], GraphBatch)
+      g = b["graph"]
+      assert len(g.layers) == 1  # the whole graph: one incidence for every layer
+      inc = g.layer(1)  # the edges plus one self loop per node
       loops = np.arange(n)
-      want = zip(b["edges"][0].tolist() + loops.tolist(), b["edges"][1].tolist() + loops.tolist())
+      want = zip(g.edges[0].tolist() + loops.tolist(), g.edges[1].tolist() + loops.tolist())
       got = zip(np.asarray(inc.in_index).tolist(), np.asarray(inc.out_index).tolist())
       assert sorted(got) == sorted(want)
-      assert b["features"].shape == (n, spec["num_features"]) and b["features"].dtype == np.float32
-      assert b["edges"].dtype == np.int32 and b["edges"].shape[0] == 2
-      assert b["edges"].min() >= 0 and b["edges"].max() < n
+      assert g.features.shape == (n, spec["num_features"]) and g.features.dtype == np.float32
+      assert g.edges.dtype == np.int32 and g.edges.shape[0] == 2
+      assert g.edges.min() >= 0 and g.edges.max() < n
       assert b["labels"].shape == (n,) and b["labels"].dtype == np.int32
       assert b["labels"].min() >= 0 and b["labels"].max() < spec["num_classes"]
       assert b["mask"].shape == (n,) and b["mask"].dtype == bool and b["mask"].any()
@@ -240,8 +242,9 @@ def test_karate_labels_and_edges():
   g = nx.karate_club_graph()
   b = task("karate").batch("train", 0, 1)
   assert [g.nodes[v]["club"] == "Officer" for v in range(34)] == b["labels"].astype(bool).tolist()
-  assert set(map(tuple, b["edges"].T.tolist())) == {e for u, v in g.edges for e in ((u, v), (v, u))}
-  assert b["edges"].shape[1] == 2 * g.number_of_edges()
+  edges = b["graph"].edges
+  assert set(map(tuple, edges.T.tolist())) == {e for u, v in g.edges for e in ((u, v), (v, u))}
+  assert edges.shape[1] == 2 * g.number_of_edges()
   sizes = [int(task("karate").batch(s, 0, 1)["mask"].sum()) for s in ("train", "val", "test")]
   assert sizes == [8, 8, 18]
 
@@ -451,19 +454,21 @@ def test_planetoid_sparse_features_hold_the_dense_features():
   dense = registry.get("task", "planetoid")(dataset="cora")
   sparse = registry.get("task", "planetoid")(dataset="cora", sparse_features=True)
   d, s = dense.batch("train", 0, 1), sparse.batch("train", 0, 1)
-  assert set(s) - set(d) == {"feature_index", "feature_values"} | {
-      f"feature_lists/{k}" for k in kernels.Incidence._fields}
-  idx, vals = s["feature_index"], s["feature_values"]
-  inc = kernels.segments.from_arrays(s, "feature_lists")  # the same entries, in the same order
-  np.testing.assert_array_equal(np.stack([inc.out_index, inc.in_index], 1), idx)
+  assert set(s) == set(d) == {"graph", "labels", "mask"}
+  x = s["graph"].features
+  assert isinstance(x, SparseMatrix) and x.shape == d["graph"].features.shape
+  inc, vals = x.incidence, x.values  # the stored entries: out = node, in = feature
+  idx = np.stack([inc.out_index, inc.in_index], 1)
   assert idx.dtype == np.int32 and vals.dtype == np.float32 and np.all(vals != 0)
   order = np.lexsort((idx[:, 1], idx[:, 0]))
-  assert np.array_equal(order, np.arange(len(idx)))  # row-major (BCOO indices_sorted)
-  rebuilt = np.zeros_like(d["features"])
+  assert np.array_equal(order, np.arange(len(idx)))  # row-major
+  rebuilt = np.zeros_like(d["graph"].features)
   rebuilt[idx[:, 0], idx[:, 1]] = vals
-  np.testing.assert_array_equal(rebuilt, d["features"])
-  for k in ("edges", "labels", "mask", *(f"edge_lists/{k}" for k in kernels.Incidence._fields)):
+  np.testing.assert_array_equal(rebuilt, d["graph"].features)
+  for k in ("labels", "mask"):
     np.testing.assert_array_equal(s[k], d[k])
+  jax.tree.map(np.testing.assert_array_equal, (s["graph"].edges, s["graph"].layers),
+               (d["graph"].edges, d["graph"].layers))
 
 
 # ------------------------------------------------------------------ computation subgraphs
@@ -523,7 +528,7 @@ def test_planetoid_subgraph_batches_give_the_whole_graph_outputs():
   w, s = whole.batch("train", 0, 1), sub.batch("train", 0, 1)  # (val/test: the same code)
   count = int(w["mask"].sum())
   assert s["mask"][:count].all() and not s["mask"][count:].any()  # the split's nodes first
-  layers = [kernels.segments.from_arrays(s, kernels.layer_prefix(layer)) for layer in (0, 1)]
+  layers = list(s["graph"].layers)  # one incidence per message-passing layer
   assert layers[1].num_out == count < layers[0].num_out < layers[0].num_in == len(s["labels"])
   assert layers[1].num_in == layers[0].num_out and len(s["labels"]) < len(w["labels"])
   lw, gw = logits_and_grads(params, w)

@@ -10,8 +10,9 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
+from jax.experimental import sparse
 
-from attnlab import AttentionSpec, kernels, losses, registry
+from attnlab import AttentionSpec, graph_batch, kernels, losses, registry
 from attnlab.models import attention_maps
 from tests.conftest import FAST_COMPILE
 
@@ -43,10 +44,9 @@ def _graph_batch():
   n = 10
   ring = np.arange(n)
   edges = np.concatenate([np.stack([ring, (ring + 1) % n]), np.stack([(ring + 1) % n, ring])], 1)
-  return {"features": _R.normal(size=(n, 6)).astype(np.float32), "edges": edges.astype(np.int32),
+  return {"graph": graph_batch.build(_R.normal(size=(n, 6)).astype(np.float32), edges),  # as served
           "labels": np.repeat(np.arange(3), [3, 3, 4]).astype(np.int32),  # homophilous segments
-          "mask": np.ones(n, bool),  # and the incidence form, as attnlab.data.graph serves it:
-          **kernels.segments.to_arrays(kernels.edge_incidence(edges, n), "edge_lists")}
+          "mask": np.ones(n, bool)}
 
 
 TASKS = {  # family, spec, batch
@@ -389,23 +389,22 @@ def test_gat_sparse_features_match_dense():
   """The sparse feature batch (planetoid(sparse_features=True)) gives the dense batch's logits, and
   value dropout makes training calls random but leaves evaluation deterministic."""
   _, spec, batch = TASKS["graph"]
-  feats = batch["features"].copy()
+  g = batch["graph"]
+  feats = np.asarray(g.features).copy()
   feats[feats < 0.5] = 0.0  # sparse-ish
-  rows, cols = np.nonzero(feats)
-  sparse_batch = {k: v for k, v in batch.items() if k != "features"}
-  sparse_batch.update(feature_index=np.stack([rows, cols], 1).astype(np.int32),
-                      feature_values=feats[rows, cols])
+  sparse_batch = {**batch, "graph": g._replace(features=graph_batch.sparse_features(feats))}
   model = _build("gat", spec, {"hidden": 4, "value_dropout": 0.6}, {**GRAPH, "dropout": 0.6})
   call = nnx.jit(lambda m, b, train: m(b, train=train)[0], static_argnames="train")  # advances rngs
-  dense_logits = call(model, {**batch, "features": feats}, train=False)
+  dense_logits = call(model, {**batch, "graph": g._replace(features=feats)}, train=False)
   sparse_logits = call(model, sparse_batch, train=False)
   np.testing.assert_allclose(sparse_logits, dense_logits, atol=1e-5)
-  # The incidence form the data serves (feature_lists/*), and the plain edge list (no edge_lists/*).
-  lists = kernels.segments.to_arrays(kernels.incidence(rows, cols, *feats.shape), "feature_lists")
-  np.testing.assert_allclose(call(model, {**sparse_batch, **lists}, train=False), dense_logits, atol=1e-5)
-  plain = {k: v for k, v in batch.items() if not k.startswith("edge_lists/")}
-  np.testing.assert_allclose(call(model, {**plain, "features": feats}, train=False), dense_logits,
-                             atol=1e-5)
+  # The model's layers on BCOO features and dense ones, over the plain edge list (no incidence).
+  rows, cols = np.nonzero(feats)
+  bcoo = sparse.BCOO((feats[rows, cols], np.stack([rows, cols], 1).astype(np.int32)), shape=feats.shape)
+  plain = nnx.jit(lambda m, x: m.layer2(nnx.elu(m.layer1(x, g.edges, deterministic=True)), g.edges,
+                                        deterministic=True))
+  np.testing.assert_allclose(plain(model, bcoo), dense_logits, atol=1e-5)
+  np.testing.assert_allclose(plain(model, feats), dense_logits, atol=1e-5)
   np.testing.assert_allclose(call(model, sparse_batch, train=False), sparse_logits)
   a, b = call(model, sparse_batch, train=True), call(model, sparse_batch, train=True)
   assert np.all(np.isfinite(a)) and not np.allclose(a, b)

@@ -55,10 +55,10 @@ def attention_maps(model: nnx.Module, batch: dict[str, Any], *, example: int = 0
   Runs ``model(batch[example:example+1], train=False)`` (the whole graph for node classifiers)
   with sowing on and returns NumPy arrays: ``[H, Lq, Lk]`` for sequence attention (a layer that
   attends several times, e.g. recurrent glimpses, has its calls concatenated along Lq); for graph
-  layers ``<path>/edges`` [2, E] (source, target; self loops included) and ``<path>/alpha`` [E, H].
+  layers ``<path>/edges`` [2, E] (sender, receiver; self loops included) and ``<path>/alpha`` [E, H].
   """
   if getattr(model, "family", None) != "node_classifier":
-    batch = {k: np.asarray(v)[example:example + 1] for k, v in batch.items()}
+    batch = jax.tree.map(lambda v: np.asarray(v)[example:example + 1], batch)
   graphdef, state = nnx.split(model)
 
   @jax.jit  # one compiled program, not one small compile per eager op
