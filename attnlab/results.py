@@ -39,6 +39,19 @@ STATUS_OK = "ok"  # a results line's status; otherwise "diverged at step N"
 _DISK_FULL = "no space left on device while writing"
 
 
+# Config sections renamed since results files were first written: old key prefix -> new. Lines read
+# back (``read_lines``) carry the new names in their run point, so either spelling reads the same.
+RENAMED_KEYS = {"task.knobs": "task.kwargs", "model.options": "model.kwargs"}
+
+
+def current_key(key: str) -> str:
+  """``key`` with a renamed section's old prefix replaced (``model.options.x`` -> ``model.kwargs.x``)."""
+  for old, new in RENAMED_KEYS.items():
+    if key == old or key.startswith(old + "."):
+      return new + key[len(old):]
+  return key
+
+
 def canonical(obj: Any) -> str:
   """Canonical JSON (sorted keys, no spaces): equal config points give equal strings."""
   return json.dumps(obj, sort_keys=True, separators=(",", ":"))
@@ -146,7 +159,7 @@ def read_lines(path: pathlib.Path) -> list[dict[str, Any]]:
     if fault:
       warnings.warn(f"{path}:{i + 1}: skipping a malformed results line: {fault}")
       continue
-    out.append(record)
+    out.append({**record, "run": {current_key(k): v for k, v in record["run"].items()}})
   return out
 
 

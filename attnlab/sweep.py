@@ -124,10 +124,22 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
   raise TypeError(f"sweep config: overrides must be a nested dict, got {type(tree).__name__}")
 
 
-def fingerprint(sweep: ml_collections.ConfigDict, runs: list[Run]) -> str:
+def fingerprint(sweep: ml_collections.ConfigDict, runs: list[Run], *, legacy: bool = False) -> str:
+  """sha256 of the seeds and every run's point and config; ``legacy``: spelled with the section
+  names before ``results.RENAMED_KEYS`` (task.knobs, model.options), as a DIR written then holds."""
   body = {"seeds": list(sweep.seeds),
-          "runs": [[r.point, config_lib.to_dict(r.config)] for r in runs]}
+          "runs": [_legacy(r.point, config_lib.to_dict(r.config)) if legacy
+                   else [r.point, config_lib.to_dict(r.config)] for r in runs]}
   return hashlib.sha256(results.canonical(body).encode()).hexdigest()
+
+
+def _legacy(point: dict[str, Any], config: dict[str, Any]) -> list[Any]:
+  back = {new: old for old, new in results.RENAMED_KEYS.items()}
+  point = {next((o + k[len(n):] for n, o in back.items() if k.startswith(n + ".")), k): v
+           for k, v in point.items()}
+  sections = {s: {(back[f"{s}.kwargs"].split(".")[1] if k == "kwargs" else k): v
+                  for k, v in config[s].items()} for s in ("task", "model")}
+  return [point, {**config, **sections}]
 
 
 def check_workdir(workdir: pathlib.Path, sweep: ml_collections.ConfigDict, runs: list[Run]) -> None:
@@ -140,7 +152,7 @@ def check_workdir(workdir: pathlib.Path, sweep: ml_collections.ConfigDict, runs:
     except ValueError as e:
       raise ValueError(f"workdir {str(workdir)!r}: sweep.json is unreadable ({e}); use a new "
                        "--workdir") from e
-    if old.get("fingerprint") != fp:
+    if old.get("fingerprint") not in (fp, fingerprint(sweep, runs, legacy=True)):
       old_points = {results.canonical(p) for p in old.get("runs", [])}
       new_points = {results.canonical(r.point) for r in runs}
       raise ValueError(

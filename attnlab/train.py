@@ -63,9 +63,9 @@ def is_primary() -> bool:
 
 def make_task(config: ml_collections.ConfigDict) -> Any:
   factory = registry.get("task", config.task.name)
-  knobs = config.task.knobs.to_dict()
-  config_lib.check_kwargs(f"task {config.task.name!r}", factory, knobs, "task.knobs")
-  return factory(**knobs)
+  kwargs = config.task.kwargs.to_dict()
+  config_lib.check_kwargs(f"task {config.task.name!r}", factory, kwargs, "task.kwargs")
+  return factory(**kwargs)
 
 
 def model_class(config: ml_collections.ConfigDict, task: Any) -> type:
@@ -76,8 +76,8 @@ def model_class(config: ml_collections.ConfigDict, task: Any) -> type:
                == task.family]
     raise ValueError(f"config: model {config.model.name!r} (family {family!r}) cannot learn task "
                      f"{task.name!r} (family {task.family!r}); models of that family: {', '.join(fitting)}")
-  config_lib.check_kwargs(f"model {config.model.name!r}", cls.__init__, config.model.options.to_dict(),
-                          "model.options")
+  config_lib.check_kwargs(f"model {config.model.name!r}", cls.__init__, config.model.kwargs.to_dict(),
+                          "model.kwargs")
   return cls
 
 

@@ -26,10 +26,10 @@ def _reverse_batch():
   src = _R.integers(2, 8, size=(B, 5)).astype(np.int32)
   src[:2, 4] = 0  # two shorter sources (PAD at the end)
   lengths = (src != 0).sum(1)
-  tgt = np.zeros_like(src)
+  labels = np.zeros_like(src)
   for i, n in enumerate(lengths):
-    tgt[i, :n] = src[i, :n][::-1]
-  return {"inputs": src, "targets": tgt}
+    labels[i, :n] = src[i, :n][::-1]
+  return {"inputs": src, "labels": labels}
 
 
 def _lm_batch():
@@ -37,7 +37,7 @@ def _lm_batch():
   x[:, 0] = _R.integers(2, 12, size=B)
   for t in range(1, 8):  # a deterministic next-token rule: 2 + (3 (x - 2) + 1) mod 10
     x[:, t] = 2 + (3 * (x[:, t - 1] - 2) + 1) % 10
-  return {"inputs": x[:, :-1].copy(), "targets": x[:, 1:].copy()}
+  return {"inputs": x[:, :-1].copy(), "labels": x[:, 1:].copy()}
 
 
 def _graph_batch():
@@ -56,7 +56,7 @@ TASKS = {  # family, spec, batch
     "regions": ("classifier", {"input_dim": 6, "seq_len": 4, "num_classes": 3},
                 {"inputs": _R.normal(size=(B, 4, 6)).astype(np.float32),
                  "label": _R.integers(0, 3, size=B).astype(np.int32)}),
-    "reverse": ("seq2seq", {"vocab_size": 8, "seq_len": 5, "target_len": 5}, _reverse_batch()),
+    "reverse": ("seq2seq", {"vocab_size": 8, "seq_len": 5, "label_len": 5}, _reverse_batch()),
     "lm": ("lm", {"vocab_size": 12, "seq_len": 7}, _lm_batch()),
     "graph": ("node_classifier", {"num_features": 6, "num_classes": 3, "num_nodes": 10},
               _graph_batch()),
@@ -274,16 +274,16 @@ def _np_ce(logits, labels):
 
 def test_token_losses_mask_pad_against_numpy():
   logits = _R.normal(size=(3, 4, 6)).astype(np.float32)
-  targets = np.array([[2, 3, 0, 0], [4, 5, 2, 3], [5, 0, 0, 0]], np.int32)
-  targets_right = targets.copy()
+  labels = np.array([[2, 3, 0, 0], [4, 5, 2, 3], [5, 0, 0, 0]], np.int32)
+  labels_right = labels.copy()
   logits[1, :, :] = -5.0
-  logits[1, np.arange(4), targets[1]] = 5.0  # example 1 entirely right
+  logits[1, np.arange(4), labels[1]] = 5.0  # example 1 entirely right
   for family in ("seq2seq", "lm"):
-    loss, m = losses.loss_and_metrics(_Fixed(family, logits), {"targets": targets_right},
+    loss, m = losses.loss_and_metrics(_Fixed(family, logits), {"labels": labels_right},
                                       family=family, train=False)
-    mask = targets != 0
-    np.testing.assert_allclose(loss, _np_ce(logits, targets)[mask].mean(), rtol=1e-5)
-    right = logits.argmax(-1) == targets
+    mask = labels != 0
+    np.testing.assert_allclose(loss, _np_ce(logits, labels)[mask].mean(), rtol=1e-5)
+    right = logits.argmax(-1) == labels
     np.testing.assert_allclose(m["accuracy"], right[mask].mean(), rtol=1e-6)
     if family == "seq2seq":
       np.testing.assert_allclose(m["seq_accuracy"], np.mean([r[k].all() for r, k in zip(right, mask)]))
@@ -345,7 +345,7 @@ BAD = [  # (model, task, options, attention spec fields or spec, the error names
     ("encoder", "tokens", {"pooling": "max"}, {}, "pooling"),
     ("encoder", "tokens", {}, {"score": "dott"}, "score"),
     ("gat", "graph", {}, {"score": "cosine"}, "score.*registered graph scores: additive"),
-    ("encoder", "tokens", {"widht": 3}, {}, r"unknown option\(s\) 'widht'; valid options: d_model=64"),
+    ("encoder", "tokens", {"widht": 3}, {}, r"unknown kwarg\(s\) 'widht'; valid kwargs: d_model=64"),
     ("encoder", "tokens", {"score": "dot"}, {}, r"unknown option\(s\) 'score'.*attention=AttentionSpec"),
     # a model refuses a field it cannot honour instead of ignoring it
     ("gru_seq2seq", "reverse", {}, {"num_heads": 2}, r"cannot honour attention num_heads=2.*\(1\)"),

@@ -27,7 +27,7 @@ import dataclasses
 import numpy as np
 
 from attnlab import graph_batch
-from attnlab.data.base import Task, knob_error
+from attnlab.data.base import Task, kwarg_error
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,7 +113,7 @@ class GraphTask(Task):
   def __init__(self, name: str, graph: Graph, *, sparse_features: bool = False,
                subgraph_hops: int = 0):
     if not isinstance(subgraph_hops, int) or isinstance(subgraph_hops, bool) or subgraph_hops < 0:
-      raise knob_error(name, "subgraph_hops", f"must be an int >= 0 (0 = the whole graph), got "
+      raise kwarg_error(name, "subgraph_hops", f"must be an int >= 0 (0 = the whole graph), got "
                        f"{subgraph_hops!r}")
     spec = {"num_features": graph.features.shape[1], "num_classes": graph.num_classes,
             "num_nodes": graph.num_nodes, "subgraph_hops": subgraph_hops}

@@ -14,11 +14,11 @@ The model contract (every model keeps it; ``_common`` holds the helpers it names
 * Register: ``@register_model(name)`` on an ``nnx.Module`` class with a class attribute ``family``
   (one of ``attnlab.data.FAMILIES``; the runner pairs it with tasks of that family) and, for graph
   models, ``graph_attention = True``.
-* Receive: ``__init__(self, *, spec, rngs, attention, **options)``: ``spec`` the task's sizes
+* Receive: ``__init__(self, *, spec, rngs, attention, **kwargs)``: ``spec`` the task's sizes
   (check the keys you need with ``check_spec``), ``rngs`` ``nnx.Rngs(params, dropout=, attention=)``,
   ``attention`` the ``AttentionSpec`` to pass to every attention layer unchanged (refuse the fields
-  you cannot honour with ``attention.require``), options keyword-only with defaults (they are the
-  config's ``model.options``). Call ``reinforce_state(self, attention.target, entropy_bonus,
+  you cannot honour with ``attention.require``), kwargs keyword-only with defaults (they are the
+  config's ``model.kwargs``). Call ``reinforce_state(self, attention.target, entropy_bonus,
   baseline_decay)`` last, so a sampling target gets its REINFORCE baseline.
 * Return: ``model(batch, *, train) -> (logits, aux)``: ``batch`` in the family's format
   (``attnlab.data.base``), logits ``[B, C]`` (classifier), ``[B, Lt, V]`` (seq2seq, lm) or ``[N, C]``

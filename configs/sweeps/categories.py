@@ -31,7 +31,7 @@ def get_config(arg=None):
   c.grids = [
       {"group": "score", "config": "assoc_recall", "axes": {score: SCORES}},
       {"group": "score", "config": "reverse", "axes": {score: SCORES}},
-      {"group": "source", "config": "reverse", "axes": {"model.options.source": ["cross", "self"]}},
+      {"group": "source", "config": "reverse", "axes": {"model.kwargs.source": ["cross", "self"]}},
       {"group": "target", "config": "assoc_recall", "axes": {target: ["soft", "hard", "hard_st"]}},
       {"group": "target", "config": "digits", "axes": {target: ["soft", "hard", "hard_st"]}},
       {"group": "heads", "config": "assoc_recall", "fixed": {heads: 1, mode: "split"}},
