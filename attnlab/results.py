@@ -271,3 +271,25 @@ def summarize(per_metric: dict[str, Any], ok: Iterable[bool] | None = None) -> d
                  "std": (float(kept.std(ddof=1)) if kept.size > 1 else 0.0) if kept.size else None,
                  "n": int(kept.size)}
   return out
+
+
+def learning_curves(run_dir: pathlib.Path, metric: str, rate_index: int = 0,
+                    num_rates: int = 1) -> tuple[np.ndarray, np.ndarray] | None:
+  """(steps, mean over seeds of the val metric) from a run's metrics.jsonl, at rate ``rate_index``
+  of a grid of ``num_rates`` (its members are rate-major: attnlab.train)."""
+  path = run_dir / "metrics.jsonl"
+  if not path.exists():
+    return None
+  pts = []
+  for line in path.read_text().splitlines():
+    try:
+      r = json.loads(line)
+      if r.get("split") == "val" and metric in r:
+        per_member = np.asarray(r[metric], np.float64).reshape(num_rates, -1)
+        pts.append((int(r["step"]), float(np.mean(per_member[rate_index]))))
+    except (ValueError, TypeError, KeyError, AttributeError):  # a torn line of a killed run
+      continue
+  if not pts:
+    return None
+  steps, values = zip(*pts)
+  return np.asarray(steps), np.asarray(values)
