@@ -44,12 +44,17 @@ _DISK_FULL = "no space left on device while writing"
 RENAMED_KEYS = {"task.knobs": "task.kwargs", "model.options": "model.kwargs"}
 
 
-def current_key(key: str) -> str:
+def current_key(key: str, renamed: dict[str, str] | None = None) -> str:
   """``key`` with a renamed section's old prefix replaced (``model.options.x`` -> ``model.kwargs.x``)."""
-  for old, new in RENAMED_KEYS.items():
+  for old, new in (renamed or RENAMED_KEYS).items():
     if key == old or key.startswith(old + "."):
       return new + key[len(old):]
   return key
+
+
+def legacy_key(key: str) -> str:
+  """The inverse of ``current_key`` (``model.kwargs.x`` -> ``model.options.x``)."""
+  return current_key(key, {new: old for old, new in RENAMED_KEYS.items()})
 
 
 def canonical(obj: Any) -> str:

@@ -127,19 +127,13 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 def fingerprint(sweep: ml_collections.ConfigDict, runs: list[Run], *, legacy: bool = False) -> str:
   """sha256 of the seeds and every run's point and config; ``legacy``: spelled with the section
   names before ``results.RENAMED_KEYS`` (task.knobs, model.options), as a DIR written then holds."""
-  body = {"seeds": list(sweep.seeds),
-          "runs": [_legacy(r.point, config_lib.to_dict(r.config)) if legacy
-                   else [r.point, config_lib.to_dict(r.config)] for r in runs]}
+  old = {"task": "knobs", "model": "options"}
+  spell = lambda d, p: {(old[p] if legacy and p in old and k == "kwargs" else k): v for k, v in d.items()}
+  body = {"seeds": list(sweep.seeds), "runs": [
+      [{(results.legacy_key(k) if legacy else k): v for k, v in r.point.items()},
+       {p: spell(v, p) if isinstance(v, dict) else v for p, v in config_lib.to_dict(r.config).items()}]
+      for r in runs]}
   return hashlib.sha256(results.canonical(body).encode()).hexdigest()
-
-
-def _legacy(point: dict[str, Any], config: dict[str, Any]) -> list[Any]:
-  back = {new: old for old, new in results.RENAMED_KEYS.items()}
-  point = {next((o + k[len(n):] for n, o in back.items() if k.startswith(n + ".")), k): v
-           for k, v in point.items()}
-  sections = {s: {(back[f"{s}.kwargs"].split(".")[1] if k == "kwargs" else k): v
-                  for k, v in config[s].items()} for s in ("task", "model")}
-  return [point, {**config, **sections}]
 
 
 def check_workdir(workdir: pathlib.Path, sweep: ml_collections.ConfigDict, runs: list[Run]) -> None:
