@@ -346,7 +346,7 @@ BAD = [  # (model, task, options, attention spec fields or spec, the error names
     ("encoder", "tokens", {}, {"score": "dott"}, "score"),
     ("gat", "graph", {}, {"score": "cosine"}, "score.*registered graph scores: additive"),
     ("encoder", "tokens", {"widht": 3}, {}, r"unknown kwarg\(s\) 'widht'; valid kwargs: d_model=64"),
-    ("encoder", "tokens", {"score": "dot"}, {}, r"unknown option\(s\) 'score'.*attention=AttentionSpec"),
+    ("encoder", "tokens", {"score": "dot"}, {}, r"unknown kwarg\(s\) 'score'.*attention=AttentionSpec"),
     # a model refuses a field it cannot honour instead of ignoring it
     ("gru_seq2seq", "reverse", {}, {"num_heads": 2}, r"cannot honour attention num_heads=2.*\(1\)"),
     ("gru_seq2seq", "reverse", {}, {"dropout": 0.1}, "cannot honour attention dropout=0.1"),
