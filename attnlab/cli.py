@@ -286,9 +286,9 @@ def _main(argv: list[str]) -> None:
 
 def run() -> None:
   """The console-script entry point."""
-  from attnlab import hostmem  # pylint: disable=g-import-not-at-top
+  from attnlab import _hostmem as hostmem  # pylint: disable=g-import-not-at-top
   try:
-    hostmem.keep_freed_host_memory()  # before JAX allocates anything (see attnlab/hostmem.py)
+    hostmem.keep_freed_host_memory()  # before JAX allocates anything (see attnlab/_hostmem.py)
   except ValueError as e:
     _die(str(e))
   app.run(_main, flags_parser=_parse)

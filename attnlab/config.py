@@ -3,9 +3,9 @@
 A run config is a locked ``ml_collections.ConfigDict`` (unknown keys and type changes are errors):
 
     task.name            registered task (``attnlab list``)
-    task.knobs           keyword arguments of the task factory ``make(**knobs)``
+    task.kwargs          keyword arguments of the task factory ``make(**kwargs)``
     model.name           registered model; its ``family`` must be the task's
-    model.options        keyword arguments of the model constructor besides its attention (d_model, ...)
+    model.kwargs         keyword arguments of the model constructor besides its attention (d_model, ...)
     model.attention      the attention category, an ``attnlab.AttentionSpec``: score, normalizer, target,
                          head_mode, head_merge, num_heads, num_kv_heads, dropout, impl, graph, and the
                          members' options score_kwargs / normalizer_kwargs / target_kwargs (open
@@ -38,7 +38,8 @@ A run config is a locked ``ml_collections.ConfigDict`` (unknown keys and type ch
 
 Config files (``configs/*.py``) define ``get_config(arg=None)`` that starts from ``base_config()``.
 Extra top-level scalar fields are allowed as aliases (``c.data_dir`` referenced by
-``c.task.knobs.data_dir = c.get_ref("data_dir")``).
+``c.task.kwargs.data_dir = c.get_ref("data_dir")``). The sections once called ``task.knobs`` and
+``model.options`` are refused with their new names (``results.RENAMED_KEYS``).
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
-from attnlab import config_values
+from attnlab import config_values, results
 from attnlab import validate as validate_lib
 from attnlab.attention_spec import AttentionSpec, SpecError
 
@@ -89,8 +90,8 @@ def attention_config() -> ml_collections.ConfigDict:
 def base_config() -> ml_collections.ConfigDict:
   """Every field with its default; config files override task, model and the rest."""
   c = ml_collections.ConfigDict()
-  c.task = ml_collections.ConfigDict({"name": "", "knobs": {}})
-  c.model = ml_collections.ConfigDict({"name": "", "options": {}})
+  c.task = ml_collections.ConfigDict({"name": "", "kwargs": {}})
+  c.model = ml_collections.ConfigDict({"name": "", "kwargs": {}})
   c.model.attention = attention_config()
   c.optim = ml_collections.ConfigDict({
       "name": "adamw", "learning_rate": 1e-3, "learning_rates": (), "select_metric": "accuracy",
@@ -145,9 +146,10 @@ def load_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
 def _check_keys(where: str, got: ml_collections.ConfigDict, want: ml_collections.ConfigDict) -> None:
   for key in got.keys():
     if key not in want:
+      _refuse_renamed(f"{where}{key}")
       raise ValueError(f"config: unknown key {where}{key!r}; valid keys in {where.rstrip('.') or 'config'}: "
                        f"{', '.join(sorted(want.keys()))}")
-    if isinstance(want[key], ml_collections.ConfigDict) and key not in ("knobs", "options", "attention"):
+    if isinstance(want[key], ml_collections.ConfigDict) and key not in ("kwargs", "attention"):
       if not isinstance(got[key], ml_collections.ConfigDict):
         raise TypeError(f"config: {where}{key} must be a section, got {type(got[key]).__name__}")
       _check_keys(f"{where}{key}.", got[key], want[key])
@@ -213,8 +215,8 @@ def attention_spec(config: ml_collections.ConfigDict) -> AttentionSpec:
 
 
 def model_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """The model constructor's keyword arguments: ``model.options`` and ``attention`` (the spec)."""
-  return {**config.model.options.to_dict(), "attention": attention_spec(config)}
+  """The model constructor's keyword arguments: ``model.kwargs`` and ``attention`` (the spec)."""
+  return {**config.model.kwargs.to_dict(), "attention": attention_spec(config)}
 
 
 def check_kwargs(what: str, fn: Any, kwargs: dict[str, Any], key: str) -> None:
@@ -230,7 +232,7 @@ def check_kwargs(what: str, fn: Any, kwargs: dict[str, Any], key: str) -> None:
   unknown = sorted(set(kwargs) - set(valid))
   if unknown:
     hint = (f" (the attention category is model.attention: {', '.join(AttentionSpec.__dataclass_fields__)})"
-            if key == "model.options" else "")
+            if key == "model.kwargs" else "")
     raise ValueError(f"config: unknown {key} {', '.join(map(repr, unknown))} for {what}; "
                      f"valid: {', '.join(valid) or '(none)'}{hint}")
 
@@ -248,8 +250,17 @@ def _jsonable(x: Any) -> Any:
   return x
 
 
+def _refuse_renamed(key: str) -> None:
+  """A ValueError naming the current key if ``key`` is under a renamed section (task.knobs...)."""
+  new = results.current_key(key)
+  if new != key:
+    raise ValueError(f"config: {key!r} is now {new!r} (task.knobs and model.options were renamed "
+                     f"task.kwargs and model.kwargs)")
+
+
 def _locate(config: ml_collections.ConfigDict, key: str) -> tuple[ml_collections.ConfigDict, str]:
   """The parent node of dotted ``key`` and its last part; ValueError naming the key if missing."""
+  _refuse_renamed(key)
   parts = key.split(".")
   node = config
   for i, part in enumerate(parts):
@@ -259,7 +270,7 @@ def _locate(config: ml_collections.ConfigDict, key: str) -> tuple[ml_collections
       where = ".".join(parts[:i]) or "config"
       valid = ", ".join(sorted(node.keys())) if isinstance(node, ml_collections.ConfigDict) else "(none)"
       moved = (f"; the attention category is model.attention.{part}"
-               if where == "model.options" and part in AttentionSpec.__dataclass_fields__ else "")
+               if where == "model.kwargs" and part in AttentionSpec.__dataclass_fields__ else "")
       raise ValueError(f"config: unknown key {key!r} ({part!r} not in {where}; valid: {valid}){moved}")
     if i < len(parts) - 1:
       node = node[part]

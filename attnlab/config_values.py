@@ -34,17 +34,17 @@ def check_tuning(config: ml_collections.ConfigDict) -> None:
                      f"{config.train.reach_metric!r}; valid: (0, 1] (None = not measured)")
 
 
-# Valid ranges of float fields: whole keys, or for task.knobs and model.options the last part.
+# Valid ranges of float fields: whole keys, or for task.kwargs and model.kwargs the last part.
 _RANGES = {"optim.learning_rate": "(0, inf)", "optim.weight_decay": "[0, inf)",
            "optim.clip_norm": "[0, inf)", "optim.b1": "[0, 1)", "optim.b2": "[0, 1)",
            "entropy_bonus": "[0, inf)", "baseline_decay": "[0, 1]"}
-_RATE = "[0, 1)"  # option or knob names with "dropout", or ending in _rate or _prob
+_RATE = "[0, 1)"  # option or kwarg names with "dropout", or ending in _rate or _prob
 
 
 def _range(key: str) -> str | None:
   if key in _RANGES:
     return _RANGES[key]
-  if key.startswith(("model.options.", "task.knobs.")):
+  if key.startswith(("model.kwargs.", "task.kwargs.")):
     last = key.rsplit(".", 1)[-1]
     if last in _RANGES:
       return _RANGES[last]

@@ -5,8 +5,8 @@ Task loss by family (metrics["loss"] is always this task loss, comparable across
 | family            | loss                                       | metrics                               |
 |-------------------|--------------------------------------------|---------------------------------------|
 | `classifier`      | CE(logits [B, C], label [B])               | loss, accuracy                        |
-| `seq2seq`         | token CE over targets != PAD               | loss, accuracy (token), seq_accuracy  |
-| `lm`              | token CE over targets != PAD               | loss, accuracy (token)                |
+| `seq2seq`         | token CE over labels != PAD                | loss, accuracy (token), seq_accuracy  |
+| `lm`              | token CE over labels != PAD                | loss, accuracy (token)                |
 | `node_classifier` | CE over the nodes of ``batch["mask"]``     | loss, accuracy                        |
 
 (node classifiers may return logits for the first n ≤ N nodes only: a computation subgraph lists
@@ -59,15 +59,15 @@ def _per_example(logits: Array, batch: dict, family: str) -> tuple[Array, dict]:
     acc = jnp.mean(jnp.argmax(logits, -1) == labels)
     return ce, {"loss": jnp.mean(ce), "accuracy": acc}
   if family == "node_classifier":
-    n = logits.shape[0]  # all N nodes, or the first n (a computation subgraph's targets)
+    n = logits.shape[0]  # all N nodes, or the first n (a computation subgraph's roots)
     labels, mask = jnp.asarray(batch["labels"])[:n], jnp.asarray(batch["mask"])[:n]  # [n], [n]
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)  # [N]
     right = jnp.argmax(logits, -1) == labels
     return ce, {"loss": _masked_mean(ce, mask), "accuracy": _masked_mean(right, mask)}
-  targets = jnp.asarray(batch["targets"])  # [B, L]
-  mask = targets != PAD  # [B, L]
-  ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)  # [B, L]
-  right = jnp.argmax(logits, -1) == targets  # [B, L]
+  labels = jnp.asarray(batch["labels"])  # [B, L]
+  mask = labels != PAD  # [B, L]
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)  # [B, L]
+  right = jnp.argmax(logits, -1) == labels  # [B, L]
   metrics = {"loss": _masked_mean(ce, mask), "accuracy": _masked_mean(right, mask)}
   if family == "seq2seq":
     metrics["seq_accuracy"] = jnp.mean(jnp.all(right | ~mask, axis=-1))

@@ -43,20 +43,19 @@ def batch_sharding(mesh: Mesh, ndim: int, axis: int, size: int) -> NamedSharding
   return NamedSharding(mesh, P(*spec))
 
 
-def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh, axis: int | None) -> dict[str, jax.Array]:
-  """Places a host batch on the mesh, its example dimension ``axis`` split across devices.
+def shard_batch(batch: dict[str, Any], mesh: Mesh, axis: int | None) -> dict[str, Any]:
+  """Places a host batch (a dict of arrays or pytrees of arrays) on the mesh, its example dimension
+  ``axis`` split across devices.
 
   ``axis=None`` replicates (e.g. a whole graph whose nodes are all needed by every device).
   """
-  out = {}
-  for key, value in batch.items():
+  def put(value):
     value = np.asarray(value)
     if axis is None or value.ndim <= axis:
-      sharding = replicated(mesh)
-    else:
-      sharding = batch_sharding(mesh, value.ndim, axis, value.shape[axis])
-    out[key] = _put(value, sharding)
-  return out
+      return _put(value, replicated(mesh))
+    return _put(value, batch_sharding(mesh, value.ndim, axis, value.shape[axis]))
+
+  return jax.tree.map(put, batch)
 
 
 def _put(x: Any, sharding: NamedSharding) -> jax.Array:

@@ -44,7 +44,6 @@ def _run_dir(workdir: pathlib.Path, run_id: str) -> pathlib.Path | None:
 
 
 def write_all(workdir: pathlib.Path, rows: list[Any], metric: str, split: str) -> list[pathlib.Path]:
-  from attnlab.report import learning_curves  # pylint: disable=g-import-not-at-top
   plt = _plt()
   out_dir = workdir / "plots"
   out_dir.mkdir(exist_ok=True)
@@ -68,7 +67,7 @@ def write_all(workdir: pathlib.Path, rows: list[Any], metric: str, split: str) -
     for ax, (task, rs) in zip(axes[0], tasks.items()):
       for r in rs:
         run_dir = _run_dir(workdir, r.run_id)
-        curve = learning_curves(run_dir, metric, r.rate_index, r.num_rates) if run_dir else None
+        curve = results.learning_curves(run_dir, metric, r.rate_index, r.num_rates) if run_dir else None
         if curve is not None:
           ax.plot(*curve, label=r.variant)
           any_curve = True

@@ -21,7 +21,6 @@ rate (``curves_<group>.png``), and attention maps of one val example per variant
 
 from __future__ import annotations
 
-import json
 import math
 import pathlib
 from typing import Any
@@ -30,6 +29,7 @@ import numpy as np
 
 from attnlab import results
 from attnlab.compare import Row, rows  # noqa: F401  (report.rows, report.Row: the table's rows)
+from attnlab.results import learning_curves  # noqa: F401  (report.learning_curves: its old home)
 
 
 class NoResults(ValueError):
@@ -162,25 +162,3 @@ def write(workdir: str, *, metric: str = "accuracy", split: str = "test", plots:
       text += "\n## Plots\n\n" + "\n".join(f"![{p.stem}](plots/{p.name})" for p in written) + "\n"
   results.atomic_write_text(workdir / "report.md", text)
   return text
-
-
-def learning_curves(run_dir: pathlib.Path, metric: str, rate_index: int = 0,
-                    num_rates: int = 1) -> tuple[np.ndarray, np.ndarray] | None:
-  """(steps, mean over seeds of the val metric) from a run's metrics.jsonl, at rate ``rate_index``
-  of a grid of ``num_rates`` (its members are rate-major: attnlab.train)."""
-  path = run_dir / "metrics.jsonl"
-  if not path.exists():
-    return None
-  pts = []
-  for line in path.read_text().splitlines():
-    try:
-      r = json.loads(line)
-      if r.get("split") == "val" and metric in r:
-        per_member = np.asarray(r[metric], np.float64).reshape(num_rates, -1)
-        pts.append((int(r["step"]), float(np.mean(per_member[rate_index]))))
-    except (ValueError, TypeError, KeyError, AttributeError):  # a torn line of a killed run
-      continue
-  if not pts:
-    return None
-  steps, values = zip(*pts)
-  return np.asarray(steps), np.asarray(values)

@@ -42,6 +42,24 @@ STATUS_OK = "ok"  # a results line's status; otherwise "diverged at step N"
 _DISK_FULL = "no space left on device while writing"
 
 
+# Config sections renamed since results files were first written: old key prefix -> new. Lines read
+# back (``read_lines``) carry the new names in their run point, so either spelling reads the same.
+RENAMED_KEYS = {"task.knobs": "task.kwargs", "model.options": "model.kwargs"}
+
+
+def current_key(key: str, renamed: dict[str, str] | None = None) -> str:
+  """``key`` with a renamed section's old prefix replaced (``model.options.x`` -> ``model.kwargs.x``)."""
+  for old, new in (renamed or RENAMED_KEYS).items():
+    if key == old or key.startswith(old + "."):
+      return new + key[len(old):]
+  return key
+
+
+def legacy_key(key: str) -> str:
+  """The inverse of ``current_key`` (``model.kwargs.x`` -> ``model.options.x``)."""
+  return current_key(key, {new: old for old, new in RENAMED_KEYS.items()})
+
+
 def canonical(obj: Any) -> str:
   """Canonical JSON (sorted keys, no spaces): equal config points give equal strings."""
   return json.dumps(obj, sort_keys=True, separators=(",", ":"))
@@ -149,7 +167,7 @@ def read_lines(path: pathlib.Path) -> list[dict[str, Any]]:
     if fault:
       warnings.warn(f"{path}:{i + 1}: skipping a malformed results line: {fault}")
       continue
-    out.append(record)
+    out.append({**record, "run": {current_key(k): v for k, v in record["run"].items()}})
   return out
 
 
@@ -264,3 +282,25 @@ def summarize(per_metric: dict[str, Any], ok: Iterable[bool] | None = None) -> d
                  "std": (float(kept.std(ddof=1)) if kept.size > 1 else 0.0) if kept.size else None,
                  "n": int(kept.size)}
   return out
+
+
+def learning_curves(run_dir: pathlib.Path, metric: str, rate_index: int = 0,
+                    num_rates: int = 1) -> tuple[np.ndarray, np.ndarray] | None:
+  """(steps, mean over seeds of the val metric) from a run's metrics.jsonl, at rate ``rate_index``
+  of a grid of ``num_rates`` (its members are rate-major: attnlab.train)."""
+  path = run_dir / "metrics.jsonl"
+  if not path.exists():
+    return None
+  pts = []
+  for line in path.read_text().splitlines():
+    try:
+      r = json.loads(line)
+      if r.get("split") == "val" and metric in r:
+        per_member = np.asarray(r[metric], np.float64).reshape(num_rates, -1)
+        pts.append((int(r["step"]), float(np.mean(per_member[rate_index]))))
+    except (ValueError, TypeError, KeyError, AttributeError):  # a torn line of a killed run
+      continue
+  if not pts:
+    return None
+  steps, values = zip(*pts)
+  return np.asarray(steps), np.asarray(values)

@@ -15,12 +15,14 @@ import numpy as np
 from attnlab import parallel
 
 
-def _stack(batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-  return {k: np.stack([b[k] for b in batches]) for k in batches[0]}
+def _stack(batches: list[dict[str, Any]]) -> dict[str, Any]:
+  return jax.tree.map(lambda *xs: np.stack(xs), *batches)  # leaves: arrays (a GraphBatch's too)
 
 
-def _same(batches: list[dict[str, np.ndarray]]) -> bool:
-  return all(all(np.array_equal(b[k], batches[0][k]) for k in b) for b in batches[1:])
+def _same(batches: list[dict[str, Any]]) -> bool:
+  first = jax.tree.leaves(batches[0])
+  return all(all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(other), first))
+             for other in batches[1:])
 
 
 def _eval_plan(task: Any, split: str, cap: int) -> tuple[int, int]:

@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from attnlab import prng
+from attnlab import _prng as prng
 from attnlab.results import minimised
 
 

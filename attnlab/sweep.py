@@ -124,9 +124,15 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
   raise TypeError(f"sweep config: overrides must be a nested dict, got {type(tree).__name__}")
 
 
-def fingerprint(sweep: ml_collections.ConfigDict, runs: list[Run]) -> str:
-  body = {"seeds": list(sweep.seeds),
-          "runs": [[r.point, config_lib.to_dict(r.config)] for r in runs]}
+def fingerprint(sweep: ml_collections.ConfigDict, runs: list[Run], *, legacy: bool = False) -> str:
+  """sha256 of the seeds and every run's point and config; ``legacy``: spelled with the section
+  names before ``results.RENAMED_KEYS`` (task.knobs, model.options), as a DIR written then holds."""
+  old = {"task": "knobs", "model": "options"}
+  spell = lambda d, p: {(old[p] if legacy and p in old and k == "kwargs" else k): v for k, v in d.items()}
+  body = {"seeds": list(sweep.seeds), "runs": [
+      [{(results.legacy_key(k) if legacy else k): v for k, v in r.point.items()},
+       {p: spell(v, p) if isinstance(v, dict) else v for p, v in config_lib.to_dict(r.config).items()}]
+      for r in runs]}
   return hashlib.sha256(results.canonical(body).encode()).hexdigest()
 
 
@@ -140,7 +146,7 @@ def check_workdir(workdir: pathlib.Path, sweep: ml_collections.ConfigDict, runs:
     except ValueError as e:
       raise ValueError(f"workdir {str(workdir)!r}: sweep.json is unreadable ({e}); use a new "
                        "--workdir") from e
-    if old.get("fingerprint") != fp:
+    if old.get("fingerprint") not in (fp, fingerprint(sweep, runs, legacy=True)):
       old_points = {results.canonical(p) for p in old.get("runs", [])}
       new_points = {results.canonical(r.point) for r in runs}
       raise ValueError(

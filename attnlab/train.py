@@ -41,7 +41,8 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from attnlab import checkpoints, models, parallel, prng, registry, results, runlock, sparsity, steps, tuning
+from attnlab import _prng as prng
+from attnlab import checkpoints, models, parallel, registry, results, runlock, sparsity, steps, tuning
 from attnlab import config as config_lib
 from attnlab.rundata import RunData
 
@@ -62,9 +63,9 @@ def is_primary() -> bool:
 
 def make_task(config: ml_collections.ConfigDict) -> Any:
   factory = registry.get("task", config.task.name)
-  knobs = config.task.knobs.to_dict()
-  config_lib.check_kwargs(f"task {config.task.name!r}", factory, knobs, "task.knobs")
-  return factory(**knobs)
+  kwargs = config.task.kwargs.to_dict()
+  config_lib.check_kwargs(f"task {config.task.name!r}", factory, kwargs, "task.kwargs")
+  return factory(**kwargs)
 
 
 def model_class(config: ml_collections.ConfigDict, task: Any) -> type:
@@ -75,8 +76,8 @@ def model_class(config: ml_collections.ConfigDict, task: Any) -> type:
                == task.family]
     raise ValueError(f"config: model {config.model.name!r} (family {family!r}) cannot learn task "
                      f"{task.name!r} (family {task.family!r}); models of that family: {', '.join(fitting)}")
-  config_lib.check_kwargs(f"model {config.model.name!r}", cls.__init__, config.model.options.to_dict(),
-                          "model.options")
+  config_lib.check_kwargs(f"model {config.model.name!r}", cls.__init__, config.model.kwargs.to_dict(),
+                          "model.kwargs")
   return cls
 
 
@@ -295,9 +296,9 @@ def _save_attention(prog: steps.Programs, params: Any, rest: Any, task: Any, dat
   """Attention weights of the first val example of the first seed of ``member``'s rate (that
   member) -> attention.npz (if the model sows them)."""
   one = jax.jit(lambda t, i: jax.tree.map(lambda x: x[i], t))((params, rest), member)  # one compile
-  batch = {k: np.asarray(v)[0] for k, v in data.eval["val"].items()}
+  batch = jax.tree.map(lambda v: np.asarray(v)[0], data.eval["val"])
   if not data.eval_shared:
-    batch = {k: v[0] for k, v in batch.items()}
+    batch = jax.tree.map(lambda v: v[0], batch)
   maps = models.attention_maps(nnx.merge(prog.graphdef, *one, copy=True), batch)
   if maps:
     results.atomic_write(workdir / "attention.npz", lambda f: np.savez_compressed(f, **maps))

@@ -5,14 +5,14 @@
 Builds exactly the programs ``attnlab train --config=configs/cora_gat.py`` runs (steps.build on the
 config's task, model and optimiser; seeds vmapped) and times ``train_chunk`` (one optimiser step)
 and ``validate`` (deterministic val forward + early-stopping update), median of ``--repeats``
-after a warm-up, with host memory kept for reuse as ``attnlab train`` keeps it (attnlab.hostmem;
+after a warm-up, with host memory kept for reuse as ``attnlab train`` keeps it (attnlab._hostmem;
 ``ATTNLAB_HOST_MALLOC=off`` times glibc's default instead). ``--profile DIR`` also writes a JAX
 profiler trace of the train step for the largest seed count and prints the XLA ops that took the
 most time. ``--xla_option KEY=VALUE`` (repeatable) also compiles both programs with those XLA
 compile options and times them in the same process, interleaved with the default build (an A/B
 that the machine's load cannot skew), e.g. ``--xla_option xla_cpu_experimental_ynn_fusion_type=``
-(no YNNPACK fusions; docs/performance.md). ``--task_knob KEY=VALUE`` (repeatable) does
-the same for the config's task knobs, e.g. ``--task_knob subgraph_hops=0`` (the whole graph
+(no YNNPACK fusions; docs/performance.md). ``--task_kwarg KEY=VALUE`` (repeatable) does
+the same for the config's task kwargs, e.g. ``--task_kwarg subgraph_hops=0`` (the whole graph
 against the 2-hop computation subgraphs configs/cora_gat.py uses); with both, the second build
 has both.
 """
@@ -29,20 +29,22 @@ import jax
 import jax.numpy as jnp
 
 from attnlab import config as config_lib
-from attnlab import hostmem, parallel, prng, steps, train
+from attnlab import _hostmem as hostmem
+from attnlab import _prng as prng
+from attnlab import parallel, steps, train
 from attnlab.rundata import RunData
 from _timing import time_interleaved  # benchmarks/ is on sys.path when run as a script
 
 
-def programs(data_dir: str, seeds: int, options: dict | None = None, knobs: dict | None = None):
+def programs(data_dir: str, seeds: int, options: dict | None = None, kwargs: dict | None = None):
   c = config_lib.load_file("configs/cora_gat.py")
   c.unlock()
   c.data_dir, c.train.seeds = data_dir, tuple(range(seeds))
-  for key, value in (knobs or {}).items():
-    if key not in c.task.knobs:
-      raise SystemExit(f"--task_knob: unknown knob {key!r}; the config's task knobs: "
-                       f"{', '.join(c.task.knobs)}")
-    c.task.knobs[key] = value
+  for key, value in (kwargs or {}).items():
+    if key not in c.task.kwargs:
+      raise SystemExit(f"--task_kwarg: unknown kwarg {key!r}; the config's task kwargs: "
+                       f"{', '.join(c.task.kwargs)}")
+    c.task.kwargs[key] = value
   task = train.make_task(c)
   data = RunData(task, c, list(c.train.seeds), parallel.make_mesh())
   prog = steps.build(train.model_class(c, task), task.spec, config_lib.model_kwargs(c), task.family,
@@ -107,24 +109,24 @@ def main(argv=None):
   ap.add_argument("--profile", default="", help="write a profiler trace here and print top ops")
   ap.add_argument("--xla_option", type=_option, action="append", default=[],
                   help="KEY=VALUE XLA compile option; also time a build with these options (A/B)")
-  ap.add_argument("--task_knob", type=_option, action="append", default=[],
-                  help="KEY=VALUE task knob; also time a build with these knobs (A/B)")
+  ap.add_argument("--task_kwarg", type=_option, action="append", default=[],
+                  help="KEY=VALUE task kwarg; also time a build with these kwargs (A/B)")
   args = ap.parse_args(argv)
-  options, knobs = dict(args.xla_option), dict(args.task_knob)
+  options, kwargs = dict(args.xla_option), dict(args.task_kwarg)
   counts = [int(s) for s in args.seeds.split(",")]
   kept = hostmem.keep_freed_host_memory()  # before the first program runs, as the CLI does
-  print(f"host memory kept for reuse (attnlab.hostmem): {'yes' if kept else 'no'}")
+  print(f"host memory kept for reuse (attnlab._hostmem): {'yes' if kept else 'no'}")
   print(f"{'seeds':>5} {'train step':>12} {'validate':>10} {'epoch':>9} {'per seed':>9}")
   for s in counts:
     step, validate = programs(args.data_dir, s)
-    variant = options or knobs
-    jobs = [step, validate] + (list(programs(args.data_dir, s, options, knobs)) if variant else [])
+    variant = options or kwargs
+    jobs = [step, validate] + (list(programs(args.data_dir, s, options, kwargs)) if variant else [])
     t, v, *ab = (1e3 * x for x in time_interleaved(jobs, args.repeats))
     print(f"{s:>5} {t:>9.1f} ms {v:>7.1f} ms {t + v:>6.1f} ms {(t + v) / s:>6.1f} ms")
     if variant:
       to, vo = ab
       print(f"{s:>5} {to:>9.1f} ms {vo:>7.1f} ms {to + vo:>6.1f} ms {(to + vo) / s:>6.1f} ms"
-            f"  with {options or ''}{knobs or ''}: train {to / t:.2f}x, validate {vo / v:.2f}x, "
+            f"  with {options or ''}{kwargs or ''}: train {to / t:.2f}x, validate {vo / v:.2f}x, "
             f"epoch {(to + vo) / (t + v):.2f}x")
     if args.profile and s == max(counts):
       _profile(step, args.profile)

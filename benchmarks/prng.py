@@ -1,4 +1,4 @@
-"""Side-by-side PRNG timing: ``jax.random.key`` (jaxlib's Threefry lowering) vs ``attnlab.prng.key``.
+"""Side-by-side PRNG timing: ``jax.random.key`` (jaxlib's Threefry lowering) vs ``attnlab._prng.key``.
 
     python benchmarks/prng.py --repeats 7 --out benchmarks/prng.json
 
@@ -19,7 +19,8 @@ import os
 import jax
 from flax import nnx
 
-from attnlab import modules, prng
+from attnlab import _prng as prng
+from attnlab import modules
 from _timing import time_interleaved  # benchmarks/ is on sys.path when run as a script
 
 SHAPES = {"GAT dropout masks, 10 seeds (5.3M)": (5_300_000,),

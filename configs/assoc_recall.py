@@ -18,10 +18,10 @@ from attnlab.config import base_config
 def get_config(arg=None):
   c = base_config()
   c.task.name = "assoc_recall"
-  c.task.knobs = {"num_pairs": 2, "num_keys": 8, "num_values": 8, "eval_size": 512}
+  c.task.kwargs = {"num_pairs": 2, "num_keys": 8, "num_values": 8, "eval_size": 512}
   c.model.name = "encoder"
   # qkv_features: the attention width (None: d_model); each split head has D_k = qkv_features / H
-  c.model.options = {"d_model": 32, "num_layers": 2, "dropout_rate": 0.0, "pooling": "mean",
+  c.model.kwargs = {"d_model": 32, "num_layers": 2, "dropout_rate": 0.0, "pooling": "mean",
                      "qkv_features": config_dict.placeholder(int)}
   c.model.attention.update(score="scaled_dot", normalizer="softmax", target="soft", num_heads=4,
                            head_mode="split", head_merge="concat")  # fields: attnlab.AttentionSpec

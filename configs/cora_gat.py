@@ -9,7 +9,7 @@
 ``data_dir`` is the directory of the files ind.<dataset>.{x,y,tx,ty,allx,ally,graph,test.index};
 unset, they come from $ATTNLAB_DATA_DIR/planetoid (where ``attnlab download`` puts them), else
 from the copy of Cora shipped with attnlab (attnlab.data.paths). PubMed's paper setting differs
-(8 output heads, lr 0.01, L2 1e-3): set those with --config.model.options.output_heads=8 etc.
+(8 output heads, lr 0.01, L2 1e-3): set those with --config.model.kwargs.output_heads=8 etc.
 
 The recipe: 2 GraphAttention layers, 8 heads × 8 hidden units concatenated, ELU, output layer with 1
 head (mean); dropout 0.6 on each layer's input, on the attention coefficients and on the projected
@@ -18,7 +18,7 @@ features used as values (GAT's reference code, ``value_dropout``); L2 5e-4 on ev
 (O(nnz) input projection and dropout); Glorot init. Each split is served as its 2-hop computation
 subgraph (``subgraph_hops=2``: only the nodes and edges each layer needs for the split's outputs,
 attnlab.data.graph), so the losses, gradients and metrics are the whole graph's at a fraction of the
-cost; ``--config.task.knobs.subgraph_hops=0`` runs on the whole graph. Results and wall times:
+cost; ``--config.task.kwargs.subgraph_hops=0`` runs on the whole graph. Results and wall times:
 experiments/cora_gat/README.md. Early stopping as GAT's execute_cora.py: validation (deterministic)
 after every epoch; a seed's patience counter (100) resets when val accuracy >= its best or val loss
 (cross-entropy) <= its best; the test accuracy reported is that of the last epoch at which both
@@ -36,10 +36,10 @@ def get_config(arg=None):
   c.dataset = arg or "cora"
   c.data_dir = config_dict.placeholder(str)  # None: attnlab.data.paths decides
   c.task.name = "planetoid"
-  c.task.knobs = {"dataset": c.get_ref("dataset"), "data_dir": c.get_ref("data_dir"),
+  c.task.kwargs = {"dataset": c.get_ref("dataset"), "data_dir": c.get_ref("data_dir"),
                   "normalize_features": True, "sparse_features": True, "subgraph_hops": 2}
   c.model.name = "gat"
-  c.model.options = {"hidden": 8, "output_heads": 1, "dropout_rate": 0.6, "value_dropout": 0.6}
+  c.model.kwargs = {"hidden": 8, "output_heads": 1, "dropout_rate": 0.6, "value_dropout": 0.6}
   c.model.attention.update(graph=True, score="additive", num_heads=8, head_mode="copy", dropout=0.6)
   c.optim.name = "adam"
   c.optim.learning_rate = 5e-3

@@ -11,9 +11,9 @@ from attnlab.config import base_config
 def get_config(arg=None):
   c = base_config()
   c.task.name = "digits"
-  c.task.knobs = {"layout": "rows", "eval_size": 360}
+  c.task.kwargs = {"layout": "rows", "eval_size": 360}
   c.model.name = "encoder"
-  c.model.options = {"d_model": 32, "num_layers": 1, "dropout_rate": 0.1}  # residual dropout
+  c.model.kwargs = {"d_model": 32, "num_layers": 1, "dropout_rate": 0.1}  # residual dropout
   c.model.attention.update(score="scaled_dot", normalizer="softmax", target="soft", num_heads=4,
                            head_mode="split", head_merge="concat", dropout=0.1)  # on the weights
   c.optim.name = "adamw"

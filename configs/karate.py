@@ -12,9 +12,9 @@ from attnlab.config import base_config
 def get_config(arg=None):
   c = base_config()
   c.task.name = "karate"
-  c.task.knobs = {"train_per_class": 4, "val_per_class": 4}
+  c.task.kwargs = {"train_per_class": 4, "val_per_class": 4}
   c.model.name = "gat"
-  c.model.options = {"hidden": 8, "dropout_rate": 0.2}
+  c.model.kwargs = {"hidden": 8, "dropout_rate": 0.2}
   c.model.attention.update(graph=True, score="additive", num_heads=4, head_mode="copy", dropout=0.2)
   c.optim.name = "adam"
   c.optim.learning_rate = 1e-2

@@ -11,9 +11,9 @@ from attnlab.config import base_config
 def get_config(arg=None):
   c = base_config()
   c.task.name = "listops"
-  c.task.knobs = {"max_depth": 3, "max_args": 5, "max_length": 40, "eval_size": 512}
+  c.task.kwargs = {"max_depth": 3, "max_args": 5, "max_length": 40, "eval_size": 512}
   c.model.name = "encoder"
-  c.model.options = {"d_model": 64, "num_layers": 2, "dropout_rate": 0.0}
+  c.model.kwargs = {"d_model": 64, "num_layers": 2, "dropout_rate": 0.0}
   c.model.attention.update(score="scaled_dot", normalizer="softmax", target="soft", num_heads=4,
                            head_mode="split", head_merge="concat")  # fields: attnlab.AttentionSpec
   c.optim.name = "adamw"

@@ -11,9 +11,9 @@ from attnlab.config import base_config
 def get_config(arg=None):
   c = base_config()
   c.task.name = "selective_copy"
-  c.task.knobs = {"length": 24, "num_marked": 4, "vocab": 8, "noise_vocab": 4, "eval_size": 512}
+  c.task.kwargs = {"length": 24, "num_marked": 4, "vocab": 8, "noise_vocab": 4, "eval_size": 512}
   c.model.name = "seq2seq"
-  c.model.options = {"d_model": 32, "num_layers": 1, "dropout_rate": 0.0, "source": "cross"}
+  c.model.kwargs = {"d_model": 32, "num_layers": 1, "dropout_rate": 0.0, "source": "cross"}
   c.model.attention.update(score="scaled_dot", normalizer="softmax", target="soft", num_heads=4,
                            head_mode="split", head_merge="concat")  # fields: attnlab.AttentionSpec
   c.optim.name = "adamw"

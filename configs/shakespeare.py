@@ -17,9 +17,9 @@ def get_config(arg=None):
   c = base_config()
   c.data_path = config_dict.placeholder(str)  # None: attnlab.data.paths decides
   c.task.name = "shakespeare"
-  c.task.knobs = {"path": c.get_ref("data_path"), "seq_len": 64, "eval_size": 256}
+  c.task.kwargs = {"path": c.get_ref("data_path"), "seq_len": 64, "eval_size": 256}
   c.model.name = "lm"
-  c.model.options = {"d_model": 64, "num_layers": 2, "dropout_rate": 0.0}
+  c.model.kwargs = {"d_model": 64, "num_layers": 2, "dropout_rate": 0.0}
   c.model.attention.update(score="scaled_dot", normalizer="softmax", target="soft", num_heads=4,
                            head_mode="split", head_merge="concat")  # fields: attnlab.AttentionSpec
   c.optim.name = "adamw"

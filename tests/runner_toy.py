@@ -2,7 +2,7 @@
 running ``attnlab`` register them too). Not part of the library.
 
 Task ``runner_toy``: sequences x [B, 6, 3] ~ N(0, 1); label = 1 if the first feature sums to > 0.
-Knobs ``nan_seed``, ``nan_step``: that seed's training inputs are NaN from that step on (a seed
+Kwargs ``nan_seed``, ``nan_step``: that seed's training inputs are NaN from that step on (a seed
 whose loss diverges, for the fault tests).
 Model ``runner_toy_model``: Linear -> attnlab MultiHeadAttention (self) -> mean pool -> dropout -> Linear.
 """
@@ -59,9 +59,9 @@ if "runner_toy_model" not in registry.names("model"):
 def get_config(arg=None):
   c = base_config()
   c.task.name = "runner_toy"
-  c.task.knobs = {"eval_size": 64}
+  c.task.kwargs = {"eval_size": 64}
   c.model.name = "runner_toy_model"
-  c.model.options = {"d_model": 8, "dropout_rate": 0.2}
+  c.model.kwargs = {"d_model": 8, "dropout_rate": 0.2}
   c.model.attention.update(num_heads=2, score="scaled_dot")
   c.optim.learning_rate = 0.02
   c.train.steps = int(arg) if arg else 24

@@ -163,7 +163,7 @@ def test_layers_inside_a_model_hold_the_very_spec_and_do_not_check_it_again(monk
   original = AttentionSpec.validate
   monkeypatch.setattr(AttentionSpec, "validate", lambda self: calls.append(self) or original(self))
   model = registry.get("model", "seq2seq")(
-      spec={"vocab_size": 8, "seq_len": 5, "target_len": 5}, attention=spec, rngs=nnx.Rngs(0),
+      spec={"vocab_size": 8, "seq_len": 5, "label_len": 5}, attention=spec, rngs=nnx.Rngs(0),
       d_model=8, num_layers=2)
   layers = [m for _, m in nnx.iter_modules(model) if isinstance(m, modules.MultiHeadAttention)]
   assert len(layers) == 6  # 2 encoder self, 2 decoder self + 2 cross

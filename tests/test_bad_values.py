@@ -13,7 +13,7 @@ from tests.test_runner import toy_config
 
 def result_line(variant, seed, acc, status="ok"):
   value = acc if status == "ok" else None
-  return {"run": {"group": "score", "task": "toy", "model.options.score": variant}, "seed": seed,
+  return {"run": {"group": "score", "task": "toy", "model.kwargs.score": variant}, "seed": seed,
           "status": status, "metrics": {"val": {"accuracy": value}, "test": {"accuracy": value}}}
 
 
@@ -67,7 +67,7 @@ def test_report_refuses_unknown_choices_and_keeps_the_old_report(tmp_path):
     ("optim.b1", -0.1, r"optim.b1=-0.1 is out of range; valid: \[0, 1\)"),
     ("optim.weight_decay", -1e-4, "optim.weight_decay=-0.0001 is out of range"),
     ("optim.clip_norm", float("-inf"), "optim.clip_norm must be a finite number"),
-    ("model.options.dropout_rate", 1.0, r"model.options.dropout_rate=1.0 is out of range; valid: \[0, 1\)"),
+    ("model.kwargs.dropout_rate", 1.0, r"model.kwargs.dropout_rate=1.0 is out of range; valid: \[0, 1\)"),
     ("optim.warmup_steps", -1, "optim.warmup_steps must be >= 0"),
 ])
 def test_non_finite_or_out_of_range_values_are_refused_by_key(key, value, message, tmp_path):

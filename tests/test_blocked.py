@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from attnlab import kernels, registry
-from attnlab.kernels import fastmath
+from attnlab.kernels import _fastmath as fastmath
 from attnlab.kernels.scores import Score
 
 B, LQ, LK, H, HKV, D, DV = 2, 37, 45, 4, 2, 8, 5  # ragged for blocks of 16; GQA groups of 2
@@ -131,7 +131,7 @@ def test_blocked_per_head_params_bias_and_block_shapes(data):
 def test_default_block_follows_the_pairwise_intermediate():
   """(1024, 512) pairs for dot-product scores; (256, 128) when pairwise forms [Bq, Bk, A=64]; one
   key block when the keys fit in a query block."""
-  from attnlab.kernels import blocked, scores  # noqa: PLC0415
+  from attnlab.kernels import _blocked as blocked, scores  # noqa: PLC0415
   for name, expected in [("scaled_dot", (1024, 512)), ("general", (1024, 512)), ("additive", (256, 128)),
                          ("concat", (256, 128))]:
     p = kernels.init_params(name, jax.random.key(0), 64)

@@ -66,8 +66,10 @@ def test_train_writes_result_and_config_paths_resolve_from_anywhere(tmp_path, mo
     (["train", f"--config={TOY}", "--workdir=W", "--config.model.attention.score=additive",
       "--config.model.attention.score_kwargs.hiden=3"],
      r"model.attention.score_kwargs.hiden: unknown option of score 'additive'; its options: hidden"),
-    (["train", f"--config={TOY}", "--workdir=W", "--config.model.options.score=dot"],
-     "unknown key 'model.options.score'.*the attention category is model.attention.score"),
+    (["train", f"--config={TOY}", "--workdir=W", "--config.model.kwargs.score=dot"],
+     "unknown key 'model.kwargs.score'.*the attention category is model.attention.score"),
+    (["train", f"--config={TOY}", "--workdir=W", "--config.task.knobs.eval_size=8"],
+     "config: 'task.knobs.eval_size' is now 'task.kwargs.eval_size'"),
     (["train", "--config=configs/nope.py", "--workdir=W"], "config file 'configs/nope.py' not found"),
     (["fly"], "unknown or missing command 'fly'"),
     (["sweep", f"--config={SMOKE}", "--workdir=W", "--shard=3/2"], "--shard '3/2'"),
@@ -161,7 +163,7 @@ def test_sweep_killed_after_first_line_then_resumed(tmp_path):
 
 _FAULTS = """
 import ctypes, resource
-from attnlab import hostmem
+from attnlab import _hostmem as hostmem
 applied = hostmem.keep_freed_host_memory()
 libc = ctypes.CDLL(None)
 libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, (ctypes.c_size_t,)
@@ -175,7 +177,7 @@ print(applied, faults(), faults())
 
 
 @pytest.mark.skipif(sys.platform != "linux" or platform.libc_ver()[0] != "glibc",
-                    reason="attnlab.hostmem tunes glibc's malloc only")
+                    reason="attnlab._hostmem tunes glibc's malloc only")
 @pytest.mark.parametrize("setting", ["default", "off"])
 def test_freed_host_memory_is_reused_without_page_faults(setting):
   env = {k: v for k, v in ENV.items() if not k.startswith("MALLOC_")}

@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from attnlab import AttentionSpec, kernels, losses, registry
+from attnlab import AttentionSpec, losses, registry
 from attnlab.data import UnsafePickleError, computation_subgraph, load_planetoid, paths, safe_pickle
 from attnlab.data.base import epoch_indices
+from attnlab.graph_batch import GraphBatch, SparseMatrix
 from tests.conftest import FAST_COMPILE
 
 PLANETOID = paths.BUNDLED / "planetoid"
@@ -27,16 +28,16 @@ CORA_PARTS = ("x", "y", "tx", "ty", "allx", "ally", "graph", "test.index")
 
 
 @functools.cache
-def task(name, **knobs):
-  return registry.get("task", name)(**knobs)
+def task(name, **kwargs):
+  return registry.get("task", name)(**kwargs)
 
 
-def rows(name, n=64, **knobs):
-  """A train batch and the val set of a task, as one list of (inputs, label/targets) pairs."""
-  t = task(name, **knobs)
+def rows(name, n=64, **kwargs):
+  """A train batch and the val set of a task, as one list of (inputs, label/labels) pairs."""
+  t = task(name, **kwargs)
   out = []
   for b in (t.batch("train", 5, n, seed=3), t.eval_set("val")):
-    out += list(zip(b["inputs"].tolist(), b["label" if "label" in b else "targets"].tolist()))
+    out += list(zip(b["inputs"].tolist(), b["label" if "label" in b else "labels"].tolist()))
   return t, out
 
 
@@ -53,7 +54,7 @@ def test_builtin_tasks_registered():
 
 
 @pytest.mark.parametrize("name", TASKS)
-def test_registered_tasks_build_with_their_default_knobs(name):
+def test_registered_tasks_build_with_their_default_kwargs(name):
   t = task(name)
   assert t.name == name and t.family in ("classifier", "seq2seq", "lm", "node_classifier")
 
@@ -80,9 +81,9 @@ def test_eval_sets_fixed_and_chunked(name):
     n = len(next(iter(full.values())))
     size = 1000 if t.family == "node_classifier" else 7
     chunks = [t.batch(split, i, size, seed=s) for s, i in zip(range(100), range(t.num_batches(split, size)))]
-    for k in full:
-      np.testing.assert_array_equal(np.concatenate([c[k] for c in chunks]) if t.family != "node_classifier"
-                                    else chunks[0][k], full[k])
+    for k in full:  # (a node classifier's graph is a pytree: compared leaf by leaf)
+      jax.tree.map(np.testing.assert_array_equal, np.concatenate([c[k] for c in chunks])
+                   if t.family != "node_classifier" else chunks[0][k], full[k])
     if t.family != "node_classifier":
       assert n == t.eval_size and t.num_batches(split, size) == -(-n // size)
       with pytest.raises(ValueError, match=f"step {t.num_batches(split, size)} is past the {split} set"):
@@ -186,27 +187,28 @@ def test_every_registered_task_yields_declared_batches(name):
         assert b["inputs"].shape == (4, spec["seq_len"], spec["input_dim"])
         assert b["inputs"].dtype == np.float32 and 0 <= b["inputs"].min() and b["inputs"].max() <= 1
     elif t.family == "seq2seq":
-      assert set(b) == {"inputs", "targets"}
-      assert b["inputs"].shape == (4, spec["seq_len"]) and b["targets"].shape == (4, spec["target_len"])
+      assert set(b) == {"inputs", "labels"}
+      assert b["inputs"].shape == (4, spec["seq_len"]) and b["labels"].shape == (4, spec["label_len"])
       _check_tokens(b["inputs"], spec["vocab_size"])
-      _check_tokens(b["targets"], spec["vocab_size"])
+      _check_tokens(b["labels"], spec["vocab_size"])
     elif t.family == "lm":
-      assert set(b) == {"inputs", "targets"}
-      assert b["inputs"].shape == b["targets"].shape == (4, spec["seq_len"])
+      assert set(b) == {"inputs", "labels"}
+      assert b["inputs"].shape == b["labels"].shape == (4, spec["seq_len"])
       _check_tokens(b["inputs"], spec["vocab_size"])
-      np.testing.assert_array_equal(b["inputs"][:, 1:], b["targets"][:, :-1])
+      np.testing.assert_array_equal(b["inputs"][:, 1:], b["labels"][:, :-1])
     else:
       n = spec["num_nodes"]
-      lists = {f"edge_lists/{k}" for k in kernels.Incidence._fields}
-      assert set(b) == {"features", "edges", "labels", "mask"} | lists
-      inc = kernels.segments.from_arrays(b, "edge_lists")  # the edges plus one self loop per node
+      assert set(b) == {"graph", "labels", "mask"} and isinstance(b["graph"], GraphBatch)
+      g = b["graph"]
+      assert len(g.layers) == 1  # the whole graph: one incidence for every layer
+      inc = g.layer(1)  # the edges plus one self loop per node
       loops = np.arange(n)
-      want = zip(b["edges"][0].tolist() + loops.tolist(), b["edges"][1].tolist() + loops.tolist())
+      want = zip(g.edges[0].tolist() + loops.tolist(), g.edges[1].tolist() + loops.tolist())
       got = zip(np.asarray(inc.in_index).tolist(), np.asarray(inc.out_index).tolist())
       assert sorted(got) == sorted(want)
-      assert b["features"].shape == (n, spec["num_features"]) and b["features"].dtype == np.float32
-      assert b["edges"].dtype == np.int32 and b["edges"].shape[0] == 2
-      assert b["edges"].min() >= 0 and b["edges"].max() < n
+      assert g.features.shape == (n, spec["num_features"]) and g.features.dtype == np.float32
+      assert g.edges.dtype == np.int32 and g.edges.shape[0] == 2
+      assert g.edges.min() >= 0 and g.edges.max() < n
       assert b["labels"].shape == (n,) and b["labels"].dtype == np.int32
       assert b["labels"].min() >= 0 and b["labels"].max() < spec["num_classes"]
       assert b["mask"].shape == (n,) and b["mask"].dtype == bool and b["mask"].any()
@@ -240,8 +242,9 @@ def test_karate_labels_and_edges():
   g = nx.karate_club_graph()
   b = task("karate").batch("train", 0, 1)
   assert [g.nodes[v]["club"] == "Officer" for v in range(34)] == b["labels"].astype(bool).tolist()
-  assert set(map(tuple, b["edges"].T.tolist())) == {e for u, v in g.edges for e in ((u, v), (v, u))}
-  assert b["edges"].shape[1] == 2 * g.number_of_edges()
+  edges = b["graph"].edges
+  assert set(map(tuple, edges.T.tolist())) == {e for u, v in g.edges for e in ((u, v), (v, u))}
+  assert edges.shape[1] == 2 * g.number_of_edges()
   sizes = [int(task("karate").batch(s, 0, 1)["mask"].sum()) for s in ("train", "val", "test")]
   assert sizes == [8, 8, 18]
 
@@ -256,7 +259,7 @@ def test_shakespeare_windows_are_text_from_the_right_split():
   def decode(ids):
     return "".join(t.tokens[i] for i in ids)
 
-  for x, y in zip(t.eval_set("test")["inputs"][:20], t.eval_set("test")["targets"][:20]):
+  for x, y in zip(t.eval_set("test")["inputs"][:20], t.eval_set("test")["labels"][:20]):
     s = decode(x) + decode(y[-1:])
     assert held_out.find(s, len(held_out) // 2) >= len(held_out) // 2
   for x in t.batch("train", 0, 8, seed=0)["inputs"]:
@@ -365,29 +368,29 @@ def test_missing_file_dir_and_bad_index_named(cora_copy, tmp_path_factory):
 
 # -------------------------------------------------------------------------------- bad input
 
-@pytest.mark.parametrize("name, knobs, error, match", [
-    ("assoc_recall", {"bogus": 1}, ValueError, r"unknown knob\(s\) 'bogus'; valid knobs: num_pairs=4, "),
+@pytest.mark.parametrize("name, kwargs, error, match", [
+    ("assoc_recall", {"bogus": 1}, ValueError, r"unknown kwarg\(s\) 'bogus'; valid kwargs: num_pairs=4, "),
     ("assoc_recall", {"num_pairs": 9, "num_keys": 8}, ValueError,
-     r"knob num_pairs \(9\) must be <= num_keys"),
-    ("copy", {"length": 0}, ValueError, "knob length must be >= 1"),
-    ("copy", {"length": 4.5}, TypeError, "knob length must be an int"),
-    ("sort", {"length": 4, "min_length": 5}, ValueError, r"knob min_length \(5\) must be <= length"),
-    ("selective_copy", {"length": 3, "num_marked": 4}, ValueError, "knob length .* too short"),
-    ("listops", {"max_length": 3}, ValueError, "knob max_length must be >= 4"),
-    ("listops", {"min_length": 500}, ValueError, "knob min_length .* exceeds the longest"),
-    ("listops", {"operator_prob": 1.5}, ValueError, "knob operator_prob must be a probability"),
-    ("digits", {"layout": "cols"}, ValueError, "knob layout='cols' is not valid; choose one of 'rows'"),
-    ("digits", {"layout": "patches", "patch_size": 3}, ValueError, "knob patch_size .* must divide"),
-    ("digits", {"eval_size": 1000}, ValueError, "knob eval_size .* too large"),
-    ("karate", {"train_per_class": 10, "val_per_class": 7}, ValueError, "knob train_per_class"),
-    ("planetoid", {"dataset": "arxiv", "data_dir": "."}, ValueError, "knob dataset='arxiv'"),
-    ("planetoid", {"subgraph_hops": -1}, ValueError, r"knob subgraph_hops must be an int >= 0"),
-    ("shakespeare", {"path": "/nonexistent/input.txt"}, FileNotFoundError, "knob path"),
-    ("shakespeare", {"eval_size": 10 ** 6}, ValueError, "knob eval_size"),
+     r"kwarg num_pairs \(9\) must be <= num_keys"),
+    ("copy", {"length": 0}, ValueError, "kwarg length must be >= 1"),
+    ("copy", {"length": 4.5}, TypeError, "kwarg length must be an int"),
+    ("sort", {"length": 4, "min_length": 5}, ValueError, r"kwarg min_length \(5\) must be <= length"),
+    ("selective_copy", {"length": 3, "num_marked": 4}, ValueError, "kwarg length .* too short"),
+    ("listops", {"max_length": 3}, ValueError, "kwarg max_length must be >= 4"),
+    ("listops", {"min_length": 500}, ValueError, "kwarg min_length .* exceeds the longest"),
+    ("listops", {"operator_prob": 1.5}, ValueError, "kwarg operator_prob must be a probability"),
+    ("digits", {"layout": "cols"}, ValueError, "kwarg layout='cols' is not valid; choose one of 'rows'"),
+    ("digits", {"layout": "patches", "patch_size": 3}, ValueError, "kwarg patch_size .* must divide"),
+    ("digits", {"eval_size": 1000}, ValueError, "kwarg eval_size .* too large"),
+    ("karate", {"train_per_class": 10, "val_per_class": 7}, ValueError, "kwarg train_per_class"),
+    ("planetoid", {"dataset": "arxiv", "data_dir": "."}, ValueError, "kwarg dataset='arxiv'"),
+    ("planetoid", {"subgraph_hops": -1}, ValueError, r"kwarg subgraph_hops must be an int >= 0"),
+    ("shakespeare", {"path": "/nonexistent/input.txt"}, FileNotFoundError, "kwarg path"),
+    ("shakespeare", {"eval_size": 10 ** 6}, ValueError, "kwarg eval_size"),
 ])
-def test_bad_knobs_name_the_knob(name, knobs, error, match):
+def test_bad_kwargs_name_the_kwarg(name, kwargs, error, match):
   with pytest.raises(error, match=match):
-    registry.get("task", name)(**knobs)
+    registry.get("task", name)(**kwargs)
 
 
 def test_missing_planetoid_dataset_names_the_download_command():
@@ -397,7 +400,7 @@ def test_missing_planetoid_dataset_names_the_download_command():
 
 def test_text_too_short_for_seq_len(tmp_path):
   (tmp_path / "t.txt").write_text("to be or not to be " * 20)
-  with pytest.raises(ValueError, match=r"too few for knob seq_len=64"):
+  with pytest.raises(ValueError, match=r"too few for kwarg seq_len=64"):
     registry.get("task", "shakespeare")(path=str(tmp_path / "t.txt"))
   t = registry.get("task", "shakespeare")(path=str(tmp_path / "t.txt"), seq_len=4, eval_size=2)
   assert t.spec["vocab_size"] == 2 + len(set("to be or not")) and t.eval_set("val")["inputs"].shape == (2, 4)
@@ -451,27 +454,29 @@ def test_planetoid_sparse_features_hold_the_dense_features():
   dense = registry.get("task", "planetoid")(dataset="cora")
   sparse = registry.get("task", "planetoid")(dataset="cora", sparse_features=True)
   d, s = dense.batch("train", 0, 1), sparse.batch("train", 0, 1)
-  assert set(s) - set(d) == {"feature_index", "feature_values"} | {
-      f"feature_lists/{k}" for k in kernels.Incidence._fields}
-  idx, vals = s["feature_index"], s["feature_values"]
-  inc = kernels.segments.from_arrays(s, "feature_lists")  # the same entries, in the same order
-  np.testing.assert_array_equal(np.stack([inc.out_index, inc.in_index], 1), idx)
+  assert set(s) == set(d) == {"graph", "labels", "mask"}
+  x = s["graph"].features
+  assert isinstance(x, SparseMatrix) and x.shape == d["graph"].features.shape
+  inc, vals = x.incidence, x.values  # the stored entries: out = node, in = feature
+  idx = np.stack([inc.out_index, inc.in_index], 1)
   assert idx.dtype == np.int32 and vals.dtype == np.float32 and np.all(vals != 0)
   order = np.lexsort((idx[:, 1], idx[:, 0]))
-  assert np.array_equal(order, np.arange(len(idx)))  # row-major (BCOO indices_sorted)
-  rebuilt = np.zeros_like(d["features"])
+  assert np.array_equal(order, np.arange(len(idx)))  # row-major
+  rebuilt = np.zeros_like(d["graph"].features)
   rebuilt[idx[:, 0], idx[:, 1]] = vals
-  np.testing.assert_array_equal(rebuilt, d["features"])
-  for k in ("edges", "labels", "mask", *(f"edge_lists/{k}" for k in kernels.Incidence._fields)):
+  np.testing.assert_array_equal(rebuilt, d["graph"].features)
+  for k in ("labels", "mask"):
     np.testing.assert_array_equal(s[k], d[k])
+  jax.tree.map(np.testing.assert_array_equal, (s["graph"].edges, s["graph"].layers),
+               (d["graph"].edges, d["graph"].layers))
 
 
 # ------------------------------------------------------------------ computation subgraphs
 
-def _distances(edges, targets, hops):
+def _distances(edges, roots, hops):
   """Plain breadth-first search against the edge direction: {node: fewest edges from it to a
-  target}, for nodes within ``hops``."""
-  dist = {int(t): 0 for t in targets}
+  root}, for nodes within ``hops``."""
+  dist = {int(t): 0 for t in roots}
   frontier = set(dist)
   for h in range(1, hops + 1):
     frontier = {int(s) for s, t in edges.T if int(t) in frontier and int(s) not in dist}
@@ -485,10 +490,10 @@ def test_computation_subgraph_matches_breadth_first_search(hops):
   n = 60
   pairs = rng.integers(0, n, (90, 2))
   pairs = pairs[pairs[:, 0] != pairs[:, 1]]
-  edges = np.unique(pairs, axis=0).T.astype(np.int32)  # directed [2, E], sorted (source, target)
-  targets = np.array([42, 3, 17])
-  dist = _distances(edges, targets, hops)
-  nodes, sizes, layer_edges = computation_subgraph(edges, n, targets, hops)
+  edges = np.unique(pairs, axis=0).T.astype(np.int32)  # directed [2, E], sorted (sender, receiver)
+  roots = np.array([42, 3, 17])
+  dist = _distances(edges, roots, hops)
+  nodes, sizes, layer_edges = computation_subgraph(edges, n, roots, hops)
   assert nodes.tolist() == sorted(dist, key=lambda v: (dist[v], v))  # by distance, then id
   assert sizes == [sum(d <= k for d in dist.values()) for k in range(hops + 1)]
   assert len(layer_edges) == hops
@@ -498,7 +503,7 @@ def test_computation_subgraph_matches_breadth_first_search(hops):
     assert np.all(sub[1] < sizes[hops - 1 - layer]) and np.all(sub[0] < sizes[hops - layer])
   assert layer_edges[0].shape[1] < edges.shape[1] and len(nodes) < n  # not all reachable
   with pytest.raises(ValueError, match="hops must be a positive int"):
-    computation_subgraph(edges, n, targets, 0)
+    computation_subgraph(edges, n, roots, 0)
 
 
 def test_planetoid_subgraph_batches_give_the_whole_graph_outputs():
@@ -523,7 +528,7 @@ def test_planetoid_subgraph_batches_give_the_whole_graph_outputs():
   w, s = whole.batch("train", 0, 1), sub.batch("train", 0, 1)  # (val/test: the same code)
   count = int(w["mask"].sum())
   assert s["mask"][:count].all() and not s["mask"][count:].any()  # the split's nodes first
-  layers = [kernels.segments.from_arrays(s, kernels.layer_prefix(layer)) for layer in (0, 1)]
+  layers = list(s["graph"].layers)  # one incidence per message-passing layer
   assert layers[1].num_out == count < layers[0].num_out < layers[0].num_in == len(s["labels"])
   assert layers[1].num_in == layers[0].num_out and len(s["labels"]) < len(w["labels"])
   lw, gw = logits_and_grads(params, w)

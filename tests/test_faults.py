@@ -173,7 +173,7 @@ def toy_sweep_of_one():
   c = ml_collections.ConfigDict()
   c.name, c.seeds = "toy", (0, 1)
   c.overrides = {"train": {"steps": 8, "attention_maps": False}}
-  c.grids = [{"group": "g", "config": TOY, "fixed": {"model.options.d_model": 8}}]
+  c.grids = [{"group": "g", "config": TOY, "fixed": {"model.kwargs.d_model": 8}}]
   return c
 
 
@@ -258,7 +258,7 @@ def test_disk_full_on_the_command_line_is_one_line(tmp_path):
 def test_a_diverging_seed_stops_and_is_reported_as_diverged(finished, tmp_path, monkeypatch):
   cfg = toy_config()
   with cfg.unlocked():
-    cfg.task.knobs.nan_seed, cfg.task.knobs.nan_step = 1, 4  # seed 1's inputs are NaN from step 5 on
+    cfg.task.kwargs.nan_seed, cfg.task.kwargs.nan_step = 1, 4  # seed 1's inputs are NaN from step 5 on
   result = train.train_and_evaluate(cfg, str(tmp_path / "run"))
   assert result["status"] == ["ok", "diverged at step 5"] and result["stopped_at"] == [24, 5]
   test_acc = result["metrics"]["test"]["accuracy"]
@@ -278,7 +278,7 @@ def test_a_diverging_seed_stops_and_is_reported_as_diverged(finished, tmp_path, 
       (0, "ok", test_acc["per_seed"][0]), (1, "diverged at step 5", None)]
   for seed in (0, 1):  # a variant whose seeds all diverged
     results.append_line(tmp_path / "sweep" / "results.jsonl", {
-        **lines[1], "seed": seed, "run": {"group": "g", "task": "runner_toy", "model.options.d_model": 4}})
+        **lines[1], "seed": seed, "run": {"group": "g", "task": "runner_toy", "model.kwargs.d_model": 4}})
   text = report.write(str(tmp_path / "sweep"), plots=True)
   rows = {line.split(" | ")[1]: line for line in text.splitlines() if line.startswith("| runner_toy")}
   cells = rows["d_model=8"].split(" | ")  # task, variant, test, p, val, lr, steps, AUC, zeros, seeds

@@ -10,8 +10,9 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
+from jax.experimental import sparse
 
-from attnlab import AttentionSpec, kernels, losses, registry
+from attnlab import AttentionSpec, graph_batch, kernels, losses, registry
 from attnlab.models import attention_maps
 from tests.conftest import FAST_COMPILE
 
@@ -25,10 +26,10 @@ def _reverse_batch():
   src = _R.integers(2, 8, size=(B, 5)).astype(np.int32)
   src[:2, 4] = 0  # two shorter sources (PAD at the end)
   lengths = (src != 0).sum(1)
-  tgt = np.zeros_like(src)
+  labels = np.zeros_like(src)
   for i, n in enumerate(lengths):
-    tgt[i, :n] = src[i, :n][::-1]
-  return {"inputs": src, "targets": tgt}
+    labels[i, :n] = src[i, :n][::-1]
+  return {"inputs": src, "labels": labels}
 
 
 def _lm_batch():
@@ -36,17 +37,16 @@ def _lm_batch():
   x[:, 0] = _R.integers(2, 12, size=B)
   for t in range(1, 8):  # a deterministic next-token rule: 2 + (3 (x - 2) + 1) mod 10
     x[:, t] = 2 + (3 * (x[:, t - 1] - 2) + 1) % 10
-  return {"inputs": x[:, :-1].copy(), "targets": x[:, 1:].copy()}
+  return {"inputs": x[:, :-1].copy(), "labels": x[:, 1:].copy()}
 
 
 def _graph_batch():
   n = 10
   ring = np.arange(n)
   edges = np.concatenate([np.stack([ring, (ring + 1) % n]), np.stack([(ring + 1) % n, ring])], 1)
-  return {"features": _R.normal(size=(n, 6)).astype(np.float32), "edges": edges.astype(np.int32),
+  return {"graph": graph_batch.build(_R.normal(size=(n, 6)).astype(np.float32), edges),  # as served
           "labels": np.repeat(np.arange(3), [3, 3, 4]).astype(np.int32),  # homophilous segments
-          "mask": np.ones(n, bool),  # and the incidence form, as attnlab.data.graph serves it:
-          **kernels.segments.to_arrays(kernels.edge_incidence(edges, n), "edge_lists")}
+          "mask": np.ones(n, bool)}
 
 
 TASKS = {  # family, spec, batch
@@ -56,7 +56,7 @@ TASKS = {  # family, spec, batch
     "regions": ("classifier", {"input_dim": 6, "seq_len": 4, "num_classes": 3},
                 {"inputs": _R.normal(size=(B, 4, 6)).astype(np.float32),
                  "label": _R.integers(0, 3, size=B).astype(np.int32)}),
-    "reverse": ("seq2seq", {"vocab_size": 8, "seq_len": 5, "target_len": 5}, _reverse_batch()),
+    "reverse": ("seq2seq", {"vocab_size": 8, "seq_len": 5, "label_len": 5}, _reverse_batch()),
     "lm": ("lm", {"vocab_size": 12, "seq_len": 7}, _lm_batch()),
     "graph": ("node_classifier", {"num_features": 6, "num_classes": 3, "num_nodes": 10},
               _graph_batch()),
@@ -274,16 +274,16 @@ def _np_ce(logits, labels):
 
 def test_token_losses_mask_pad_against_numpy():
   logits = _R.normal(size=(3, 4, 6)).astype(np.float32)
-  targets = np.array([[2, 3, 0, 0], [4, 5, 2, 3], [5, 0, 0, 0]], np.int32)
-  targets_right = targets.copy()
+  labels = np.array([[2, 3, 0, 0], [4, 5, 2, 3], [5, 0, 0, 0]], np.int32)
+  labels_right = labels.copy()
   logits[1, :, :] = -5.0
-  logits[1, np.arange(4), targets[1]] = 5.0  # example 1 entirely right
+  logits[1, np.arange(4), labels[1]] = 5.0  # example 1 entirely right
   for family in ("seq2seq", "lm"):
-    loss, m = losses.loss_and_metrics(_Fixed(family, logits), {"targets": targets_right},
+    loss, m = losses.loss_and_metrics(_Fixed(family, logits), {"labels": labels_right},
                                       family=family, train=False)
-    mask = targets != 0
-    np.testing.assert_allclose(loss, _np_ce(logits, targets)[mask].mean(), rtol=1e-5)
-    right = logits.argmax(-1) == targets
+    mask = labels != 0
+    np.testing.assert_allclose(loss, _np_ce(logits, labels)[mask].mean(), rtol=1e-5)
+    right = logits.argmax(-1) == labels
     np.testing.assert_allclose(m["accuracy"], right[mask].mean(), rtol=1e-6)
     if family == "seq2seq":
       np.testing.assert_allclose(m["seq_accuracy"], np.mean([r[k].all() for r, k in zip(right, mask)]))
@@ -345,8 +345,8 @@ BAD = [  # (model, task, options, attention spec fields or spec, the error names
     ("encoder", "tokens", {"pooling": "max"}, {}, "pooling"),
     ("encoder", "tokens", {}, {"score": "dott"}, "score"),
     ("gat", "graph", {}, {"score": "cosine"}, "score.*registered graph scores: additive"),
-    ("encoder", "tokens", {"widht": 3}, {}, r"unknown option\(s\) 'widht'; valid options: d_model=64"),
-    ("encoder", "tokens", {"score": "dot"}, {}, r"unknown option\(s\) 'score'.*attention=AttentionSpec"),
+    ("encoder", "tokens", {"widht": 3}, {}, r"unknown kwarg\(s\) 'widht'; valid kwargs: d_model=64"),
+    ("encoder", "tokens", {"score": "dot"}, {}, r"unknown kwarg\(s\) 'score'.*attention=AttentionSpec"),
     # a model refuses a field it cannot honour instead of ignoring it
     ("gru_seq2seq", "reverse", {}, {"num_heads": 2}, r"cannot honour attention num_heads=2.*\(1\)"),
     ("gru_seq2seq", "reverse", {}, {"dropout": 0.1}, "cannot honour attention dropout=0.1"),
@@ -389,23 +389,22 @@ def test_gat_sparse_features_match_dense():
   """The sparse feature batch (planetoid(sparse_features=True)) gives the dense batch's logits, and
   value dropout makes training calls random but leaves evaluation deterministic."""
   _, spec, batch = TASKS["graph"]
-  feats = batch["features"].copy()
+  g = batch["graph"]
+  feats = np.asarray(g.features).copy()
   feats[feats < 0.5] = 0.0  # sparse-ish
-  rows, cols = np.nonzero(feats)
-  sparse_batch = {k: v for k, v in batch.items() if k != "features"}
-  sparse_batch.update(feature_index=np.stack([rows, cols], 1).astype(np.int32),
-                      feature_values=feats[rows, cols])
+  sparse_batch = {**batch, "graph": g._replace(features=graph_batch.sparse_features(feats))}
   model = _build("gat", spec, {"hidden": 4, "value_dropout": 0.6}, {**GRAPH, "dropout": 0.6})
   call = nnx.jit(lambda m, b, train: m(b, train=train)[0], static_argnames="train")  # advances rngs
-  dense_logits = call(model, {**batch, "features": feats}, train=False)
+  dense_logits = call(model, {**batch, "graph": g._replace(features=feats)}, train=False)
   sparse_logits = call(model, sparse_batch, train=False)
   np.testing.assert_allclose(sparse_logits, dense_logits, atol=1e-5)
-  # The incidence form the data serves (feature_lists/*), and the plain edge list (no edge_lists/*).
-  lists = kernels.segments.to_arrays(kernels.incidence(rows, cols, *feats.shape), "feature_lists")
-  np.testing.assert_allclose(call(model, {**sparse_batch, **lists}, train=False), dense_logits, atol=1e-5)
-  plain = {k: v for k, v in batch.items() if not k.startswith("edge_lists/")}
-  np.testing.assert_allclose(call(model, {**plain, "features": feats}, train=False), dense_logits,
-                             atol=1e-5)
+  # The model's layers on BCOO features and dense ones, over the plain edge list (no incidence).
+  rows, cols = np.nonzero(feats)
+  bcoo = sparse.BCOO((feats[rows, cols], np.stack([rows, cols], 1).astype(np.int32)), shape=feats.shape)
+  plain = nnx.jit(lambda m, x: m.layer2(nnx.elu(m.layer1(x, g.edges, deterministic=True)), g.edges,
+                                        deterministic=True))
+  np.testing.assert_allclose(plain(model, bcoo), dense_logits, atol=1e-5)
+  np.testing.assert_allclose(plain(model, feats), dense_logits, atol=1e-5)
   np.testing.assert_allclose(call(model, sparse_batch, train=False), sparse_logits)
   a, b = call(model, sparse_batch, train=True), call(model, sparse_batch, train=True)
   assert np.all(np.isfinite(a)) and not np.allclose(a, b)

@@ -8,7 +8,8 @@ import pytest
 from flax import nnx
 from jax.test_util import check_grads
 
-from attnlab import kernels
+from attnlab import graph_batch, kernels
+from attnlab.kernels import _dropout, _edges, _segments
 from attnlab.modules import GraphAttention, MultiHeadAttention
 
 
@@ -151,7 +152,7 @@ def test_attention_weight_dropout():
     layer(x)
   # Inverted dropout is unbiased: the mean of the dropped weights is the weights.
   w = jax.nn.softmax(_normal(3, (4, 6)))
-  dropped = jax.vmap(lambda r: kernels.dropout_weights(w, r, 0.3))(
+  dropped = jax.vmap(lambda r: _dropout.dropout_weights(w, r, 0.3))(
       jax.random.split(jax.random.key(4), 4000))
   chex.assert_trees_all_close(dropped.mean(0), w, atol=0.02)
   assert np.allclose(np.asarray(dropped)[(np.asarray(dropped) != 0)].size / dropped.size, 0.7,
@@ -267,9 +268,9 @@ def test_gat_edge_list_equals_dense_and_numpy(score, merge, graph_x):
   nnx.update(layer, jax.tree.map(lambda v: v + 0.1, nnx.state(layer, nnx.Param)))  # nonzero bias
   x = jnp.asarray(graph_x)
   out_e, w = layer(x, EDGES, return_weights=True)
-  out_d = layer(x, adjacency=kernels.edges_to_adjacency(EDGES, 6))
-  out_p = layer(x, jnp.asarray(kernels.prepare_edges(EDGES, 6)), edges_prepared=True)
-  inc = kernels.edge_incidence(EDGES, 6)
+  out_d = layer(x, adjacency=_edges.edges_to_adjacency(EDGES, 6))
+  out_p = layer(x, jnp.asarray(_edges.prepare_edges(EDGES, 6)), edges_prepared=True)
+  inc = _edges.edge_incidence(EDGES, 6)
   out_i, w_i = layer(x, inc, return_weights=True)
   want = _np_gat(layer, graph_x, EDGES)
   assert np.all(np.isfinite(out_e))
@@ -277,14 +278,16 @@ def test_gat_edge_list_equals_dense_and_numpy(score, merge, graph_x):
   np.testing.assert_allclose(out_d, want, atol=1e-5)
   np.testing.assert_allclose(out_p, want, atol=1e-5)
   np.testing.assert_allclose(out_i, want, atol=1e-5)
+  batch = graph_batch.build(graph_x, EDGES)  # the typed batch: its incidence, for any layer index
+  np.testing.assert_allclose(layer(x, batch, layer=1), want, atol=1e-5)
   sums_i = jax.ops.segment_sum(w_i["alpha"], w_i["edges"][1], num_segments=6)
   np.testing.assert_allclose(sums_i, np.ones((6, 2)), atol=1e-6)
-  # Sparse features as a kernels.SparseMatrix (the incidence matmul) give the dense projection.
+  # Sparse features as a SparseMatrix (the incidence matmul) give the dense projection.
   rows, cols = np.nonzero(graph_x)
-  x_s = kernels.SparseMatrix(jnp.asarray(graph_x[rows, cols]), kernels.incidence(rows, cols, 6, 5))
+  x_s = _segments.SparseMatrix(jnp.asarray(graph_x[rows, cols]), _segments.incidence(rows, cols, 6, 5))
   np.testing.assert_allclose(layer(x_s, inc), want, atol=1e-5)
   # An incidence for the first 3 nodes only (a computation-subgraph layer): their rows, nothing more.
-  first = kernels.edge_incidence(EDGES[:, EDGES[1] < 3], 6, num_out=3)
+  first = _edges.edge_incidence(EDGES[:, EDGES[1] < 3], 6, num_out=3)
   np.testing.assert_allclose(layer(x, first), want[:3], atol=1e-5)
   # The weights of each node's incoming edges sum to one (masked duplicate self loop: zero).
   sums = jax.ops.segment_sum(w["alpha"], w["edges"][1], num_segments=6)
@@ -297,7 +300,7 @@ def test_gat_without_self_loops_isolated_node_gets_bias_only(graph_x):
   out = layer(jnp.asarray(graph_x), EDGES)
   np.testing.assert_allclose(out, _np_gat(layer, graph_x, EDGES, self_loops=False), atol=1e-5)
   np.testing.assert_allclose(out[5], np.full(6, 0.1), atol=1e-6)  # node 5: no in-edges
-  dense = layer(jnp.asarray(graph_x), adjacency=kernels.edges_to_adjacency(EDGES, 6))
+  dense = layer(jnp.asarray(graph_x), adjacency=_edges.edges_to_adjacency(EDGES, 6))
   np.testing.assert_allclose(dense, out, atol=1e-5)
 
 
@@ -326,7 +329,7 @@ def test_gat_hand_computed_four_node_example():
 
 def test_graph_attention_gradients_and_dropout_unbiased():
   h = _normal(0, (6, 2, 3))
-  edges = jnp.asarray(kernels.prepare_edges(EDGES, 6))
+  edges = jnp.asarray(_edges.prepare_edges(EDGES, 6))
   params = kernels.init_graph_params("gatv2", jax.random.key(1), 3, num_heads=2)
   f = lambda h, a: kernels.graph_attention(h, edges, score="gatv2", params={"a": a},
                                            indices_are_sorted=True)
@@ -339,7 +342,7 @@ def test_graph_attention_gradients_and_dropout_unbiased():
   chex.assert_trees_all_close(drop.mean(0), clean, atol=0.05)
   # The incidence fast path: same outputs (dropout included: its entries keep prepare_edges'
   # order, so the same key drops the same edges), and the same gradients from its own reverse rules.
-  inc = kernels.edge_incidence(EDGES, 6)
+  inc = _edges.edge_incidence(EDGES, 6)
   g = lambda h, a, e, **kw: kernels.graph_attention(h, e, score="gatv2", params={"a": a}, **kw)
   for kw in ({}, dict(dropout_rate=0.4, rng=jax.random.key(3), values=jnp.cos(h))):
     np.testing.assert_allclose(g(h, params["a"], inc, **kw), g(h, params["a"], edges, **kw), atol=1e-5)
@@ -385,24 +388,24 @@ def test_gat_bad_inputs(graph_x):
     layer(jnp.asarray(graph_x))
   with pytest.raises(ValueError, match=r"\[2, E\]"):
     layer(jnp.asarray(graph_x), EDGES.T)
-  with pytest.raises(ValueError, match=r"target ids must lie in \[0, 6\)"):
-    kernels.prepare_edges(np.array([[0], [9]]), 6)
-  with pytest.raises(ValueError, match=r"target ids must lie in \[0, 2\)"):
-    kernels.prepare_edges(EDGES, 6, num_out=2)
+  with pytest.raises(ValueError, match=r"receiver ids must lie in \[0, 6\)"):
+    _edges.prepare_edges(np.array([[0], [9]]), 6)
+  with pytest.raises(ValueError, match=r"receiver ids must lie in \[0, 2\)"):
+    _edges.prepare_edges(EDGES, 6, num_out=2)
   with pytest.raises(ValueError, match=r"num_out must lie in \[0, num_nodes=6\]"):
-    kernels.edge_incidence(EDGES, 6, num_out=7)
-  with pytest.raises(ValueError, match="the edge_incidence is for 6 source and 6 target nodes, h has 5"):
-    layer(jnp.asarray(graph_x)[:5], kernels.edge_incidence(EDGES, 6))
+    _edges.edge_incidence(EDGES, 6, num_out=7)
+  with pytest.raises(ValueError, match="the edge_incidence is for 6 sender and 6 receiver nodes, h has 5"):
+    layer(jnp.asarray(graph_x)[:5], _edges.edge_incidence(EDGES, 6))
 
 
 def test_gat_sparse_features_equal_dense(graph_x):
   from jax.experimental import sparse
-  from attnlab.modules import sparse_dropout
+  from attnlab.modules import node_dropout
   layer = GraphAttention(5, 3, 2, rngs=nnx.Rngs(0))
   x = np.where(np.abs(graph_x) > 0.8, graph_x, 0.0).astype(np.float32)
   xs = sparse.BCOO.fromdense(jnp.asarray(x))
   np.testing.assert_allclose(layer(xs, EDGES), layer(jnp.asarray(x), EDGES), atol=1e-5)
-  dropped = sparse_dropout(xs, 0.5, jax.random.key(0)).todense()
+  dropped = node_dropout(xs, 0.5, jax.random.key(0)).todense()
   kept = np.asarray(dropped) != 0
   np.testing.assert_allclose(np.asarray(dropped)[kept], 2 * x[kept], rtol=1e-6)
   assert 0 < kept.sum() < (x != 0).sum()
@@ -431,12 +434,12 @@ def test_gat_value_dropout_scores_from_undropped_features(graph_x):
 def test_graph_attention_kernel_values_argument():
   h = _normal(3, (6, 2, 3))
   v = _normal(4, (6, 2, 4))
-  edges = jnp.asarray(kernels.prepare_edges(EDGES, 6))
+  edges = jnp.asarray(_edges.prepare_edges(EDGES, 6))
   out, alpha = kernels.graph_attention(h, edges, score="dot", return_weights=True,
                                        indices_are_sorted=True, values=v)
   expected = np.zeros((6, 2, 4))
   for e, (j, i) in enumerate(np.asarray(edges).T):
     expected[i] += np.asarray(alpha)[e][:, None] * np.asarray(v)[j]
   np.testing.assert_allclose(out, expected, atol=1e-5)
-  dense = kernels.dense_graph_attention(h, kernels.edges_to_adjacency(edges, 6), score="dot", values=v)
+  dense = kernels.dense_graph_attention(h, _edges.edges_to_adjacency(edges, 6), score="dot", values=v)
   np.testing.assert_allclose(dense, expected, atol=1e-5)

@@ -1,4 +1,4 @@
-"""attnlab.prng: the Random123 known answers, and the exact bits, splits and fold-ins of jax.random."""
+"""attnlab._prng: the Random123 known answers, and the exact bits, splits and fold-ins of jax.random."""
 
 import jax
 import jax.numpy as jnp
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from attnlab import prng
+from attnlab import _prng as prng
 
 # Threefry-2x32-20 known-answer vectors (Random123's kat_vectors; the same ones JAX tests):
 # (key, counter) -> output, all as pairs of uint32.

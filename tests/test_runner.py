@@ -1,5 +1,6 @@
 """Runner tests: vmapped seeds, resume, early stopping, data parallelism, sweeps, results, report."""
 
+import hashlib
 import json
 import math
 import os
@@ -152,8 +153,8 @@ def toy_sweep(name="toy", steps=8, widths=(4, 8)):
   c.seeds = (0, 1)
   c.overrides = {"train": {"steps": steps, "eval_every": 4, "checkpoint_every": 0,
                            "attention_maps": False}}
-  c.grids = [{"group": "width", "config": TOY, "axes": {"model.options.d_model": list(widths)}},
-             {"group": "score", "config": TOY, "fixed": {"model.options.d_model": 4},
+  c.grids = [{"group": "width", "config": TOY, "axes": {"model.kwargs.d_model": list(widths)}},
+             {"group": "score", "config": TOY, "fixed": {"model.kwargs.d_model": 4},
               "axes": {"model.attention.score": ["dot", "additive"]}}]
   return c
 
@@ -161,11 +162,11 @@ def toy_sweep(name="toy", steps=8, widths=(4, 8)):
 def test_expand_is_a_union_of_sub_grids():
   runs = sweep.expand(toy_sweep(widths=(4, 8, 16)))
   assert [r.point for r in runs] == [
-      {"group": "width", "task": "runner_toy", "model.options.d_model": 4},
-      {"group": "width", "task": "runner_toy", "model.options.d_model": 8},
-      {"group": "width", "task": "runner_toy", "model.options.d_model": 16},
-      {"group": "score", "task": "runner_toy", "model.options.d_model": 4, "model.attention.score": "dot"},
-      {"group": "score", "task": "runner_toy", "model.options.d_model": 4,
+      {"group": "width", "task": "runner_toy", "model.kwargs.d_model": 4},
+      {"group": "width", "task": "runner_toy", "model.kwargs.d_model": 8},
+      {"group": "width", "task": "runner_toy", "model.kwargs.d_model": 16},
+      {"group": "score", "task": "runner_toy", "model.kwargs.d_model": 4, "model.attention.score": "dot"},
+      {"group": "score", "task": "runner_toy", "model.kwargs.d_model": 4,
        "model.attention.score": "additive"}]
   assert runs[4].config.model.attention.score == "additive" and runs[4].config.train.seeds == (0, 1)
   assert runs[2].config.train.steps == 8
@@ -207,6 +208,38 @@ def test_a_run_with_an_earlier_runs_config_reuses_its_lines(tmp_path):
     assert twin["metrics"]["test"]["loss"] == alone["metrics"]["test"]["loss"]["per_seed"][i]
 
 
+def test_files_written_with_the_old_section_names_still_read(tmp_path):
+  """A DIR written when model.kwargs was model.options: its sweep.json is this sweep's, its lines
+  read back under the new key, and a twin run reuses them (nothing trains here)."""
+  s = toy_sweep(steps=4, widths=(4,))
+  s.grids = [s.grids[0], {**s.grids[1], "axes": {"model.attention.score": ["scaled_dot", "dot"]}}]
+  runs = sweep.expand(s)  # run 1 is run 0's config (the default score)
+  old_point = lambda p: {k.replace("model.kwargs.", "model.options."): v for k, v in p.items()}
+
+  def old_config(run):
+    c = config_lib.to_dict(run.config)
+    return {**c, "task": {("knobs" if k == "kwargs" else k): v for k, v in c["task"].items()},
+            "model": {("options" if k == "kwargs" else k): v for k, v in c["model"].items()}}
+
+  body = {"seeds": [0, 1], "runs": [[old_point(r.point), old_config(r)] for r in runs]}
+  fp = hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+  (tmp_path / "sweep.json").write_text(json.dumps({"name": s.name, "fingerprint": fp, "seeds": [0, 1],
+                                                   "runs": [old_point(r.point) for r in runs]}))
+  res = tmp_path / "results.jsonl"
+  res.write_text("".join(json.dumps({"run": old_point(runs[0].point), "seed": seed,
+                                     "metrics": {"test": {"accuracy": 0.25 + seed / 2}}}) + "\n"
+                         for seed in (0, 1)))
+  sweep.check_workdir(tmp_path, s, runs)  # accepted as this sweep's DIR
+  assert [r["run"] for r in results.read_lines(res)] == [runs[0].point] * 2
+  assert sweep._copy_twin(runs[1], runs[0], s, res)  # pylint: disable=protected-access
+  copied = results.read_lines(res)[2:]
+  assert [(r["run"], r["seed"], r["metrics"]) for r in copied] == [
+      (runs[1].point, seed, {"test": {"accuracy": 0.25 + seed / 2}}) for seed in (0, 1)]
+  s.seeds = (0,)  # another sweep: still refused
+  with pytest.raises(ValueError, match="different sweep config"):
+    sweep.check_workdir(tmp_path, s, sweep.expand(s))
+
+
 def test_sweep_workdir_of_another_sweep_is_refused(tmp_path):
   s = toy_sweep(steps=4, widths=(4,))
   s.grids = s.grids[:1]
@@ -222,10 +255,11 @@ def test_sweep_workdir_of_another_sweep_is_refused(tmp_path):
 @pytest.mark.parametrize("field, value, match", [
     ("model.attention.score", "dott", "model.attention.score: unknown score 'dott'; registered scores: "
      "additive"),
-    ("model.options.widht", 3, "unknown key 'model.options.widht'"),
-    ("model.options.score", "dot", "unknown key 'model.options.score'.*attention category is "
+    ("model.kwargs.widht", 3, "unknown key 'model.kwargs.widht'"),
+    ("model.kwargs.score", "dot", "unknown key 'model.kwargs.score'.*attention category is "
      "model.attention.score"),
     ("model.attention.scor", "dot", r"unknown key 'model.attention.scor'.*valid: .*score, score_kwargs"),
+    ("model.options.d_model", 8, "config: 'model.options.d_model' is now 'model.kwargs.d_model'"),
     ("model.attention.score_kwargs.hidden", 8, r"model.attention.score_kwargs.hidden: unknown option of "
      r"score 'scaled_dot'; it takes no options"),
 ])
@@ -242,10 +276,10 @@ def test_unknown_task_and_model_names(tmp_path):
   with pytest.raises(ValueError, match="unknown task 'no_such_task'.*runner_toy"):
     train.train_and_evaluate(cfg, str(tmp_path / "a"))
   cfg = toy_config()
-  cfg.model.options.d_model = 8
+  cfg.model.kwargs.d_model = 8
   with cfg.unlocked():
-    cfg.model.options.widht = 3
-  with pytest.raises(ValueError, match="unknown model.options 'widht'.*d_model"):
+    cfg.model.kwargs.widht = 3
+  with pytest.raises(ValueError, match="unknown model.kwargs 'widht'.*d_model"):
     train.train_and_evaluate(cfg, str(tmp_path / "b"))
 
 
@@ -271,7 +305,7 @@ def test_default_sweep_is_the_tuned_protocol_over_every_block():
     assert r.config.train.early_stopping.patience > 0 and r.config.train.reach_value is not None
   scale = [r for r in runs if r.point["group"] == "scale"]
   assert {r.config.model.attention.score for r in scale} == {"dot", "scaled_dot"}
-  assert all(r.config.model.options.qkv_features // r.config.model.attention.num_heads >= 128 for r in scale)
+  assert all(r.config.model.kwargs.qkv_features // r.config.model.attention.num_heads >= 128 for r in scale)
   normalizers = {r.config.model.attention.normalizer for r in runs if r.point["group"] == "normalizer"}
   assert normalizers == {"softmax", "sparsemax", "entmax15", "sigmoid"}
 

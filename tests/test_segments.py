@@ -1,4 +1,5 @@
-"""attnlab.kernels.segments: scatter-free segment sums against plain NumPy, with gradients."""
+"""attnlab.kernels._segments (the speed layer behind kernels.segment_softmax): scatter-free segment
+sums against plain NumPy, with gradients."""
 
 import functools
 
@@ -9,7 +10,8 @@ import pytest
 from jax.test_util import check_grads
 
 from attnlab import kernels
-from attnlab.kernels import segments
+from attnlab.kernels import _dropout
+from attnlab.kernels import _segments as segments
 from tests.conftest import FAST_COMPILE
 
 N_OUT, N_IN, L = 9, 7, 40
@@ -59,7 +61,7 @@ def test_sums_max_softmax_and_take_match_numpy(inc):
   expect_max = np.full((N_OUT, 3), -np.inf)
   np.maximum.at(expect_max, out, x)
   np.testing.assert_array_equal(segments.segment_max(jnp.asarray(x), inc), expect_max)
-  alpha = np.asarray(segments.segment_softmax(jnp.asarray(x), inc))
+  alpha = np.asarray(kernels.segment_softmax(jnp.asarray(x), inc))
   e = np.exp(x - expect_max[out])
   np.testing.assert_allclose(alpha, e / _np_segment_sum(e, out, N_OUT)[out], rtol=1e-5)
   nodes = rng.normal(size=(N_IN, 2, 3)).astype(np.float32)
@@ -89,7 +91,7 @@ def test_gradients_match_finite_differences(inc):
   nodes = jnp.asarray(rng.normal(size=(N_OUT, 2)), jnp.float32)
   tol = dict(order=1, modes=["rev"], atol=2e-2, rtol=2e-2, eps=1e-2)
   check_grads(lambda t, w: jnp.sin(segments.gather_sum(t, w, inc)), (table, w), **tol)
-  check_grads(lambda s: jnp.sin(segments.segment_softmax(s, inc)), (s,), **tol)
+  check_grads(lambda s: jnp.sin(kernels.segment_softmax(s, inc)), (s,), **tol)
   check_grads(lambda s: jnp.sin(segments.segment_sum(s, inc, "in")), (s,), **tol)
   check_grads(lambda x: jnp.sin(segments.take(x, inc, "out")), (nodes,), **tol)
 
@@ -102,7 +104,7 @@ def test_gradients_equal_autodiff_of_plain_segment_ops_under_vmap(inc):
   s = jnp.asarray(rng.normal(size=(3, L, 2)), jnp.float32)
 
   def fast(t, s):
-    a = segments.segment_softmax(s, inc)
+    a = kernels.segment_softmax(s, inc)
     return jnp.sum(jnp.tanh(segments.gather_sum(t, a, inc)))
 
   def plain(t, s):
@@ -119,9 +121,9 @@ def test_gradients_equal_autodiff_of_plain_segment_ops_under_vmap(inc):
 
 def test_materialize_is_the_identity():
   x = jnp.arange(12.0).reshape(3, 4)
-  np.testing.assert_array_equal(jax.jit(kernels.materialize)(x), x)
-  np.testing.assert_array_equal(jax.jit(kernels.materialize)(x > 5), x > 5)
-  assert kernels.materialize(jnp.zeros((0, 3))).shape == (0, 3)
+  np.testing.assert_array_equal(jax.jit(_dropout.materialize)(x), x)
+  np.testing.assert_array_equal(jax.jit(_dropout.materialize)(x > 5), x > 5)
+  assert _dropout.materialize(jnp.zeros((0, 3))).shape == (0, 3)
 
 
 def test_bad_incidence_is_refused_by_name():
@@ -141,7 +143,7 @@ def test_bad_incidence_is_refused_by_name():
   with pytest.raises(ValueError, match="prefix"):
     segments.gather_sum(jnp.zeros((2, 3)), jnp.zeros((2, 4)), inc)
   with pytest.raises(ValueError, match="segment_softmax: scores must have 2 rows"):
-    segments.segment_softmax(jnp.zeros((5,)), inc)
+    kernels.segment_softmax(jnp.zeros((5,)), inc)
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
@@ -158,7 +160,7 @@ def test_low_precision_segment_softmax_is_the_float32_softmax_rounded_once(dtype
   @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
   def run(s):
     results = {}
-    for name, softmax in (("incidence", lambda s: segments.segment_softmax(s, inc)),
+    for name, softmax in (("incidence", lambda s: kernels.segment_softmax(s, inc)),
                           ("jax.ops", lambda s: kernels.segment_softmax(s, jnp.asarray(out), 3))):
       grad = jax.grad(lambda s: jnp.sum(jnp.sin(softmax(s).astype(jnp.float32))))(s)
       results[name] = softmax(s), grad, softmax(s.astype(jnp.float32))

@@ -68,7 +68,7 @@ def test_holm_by_hand():
 
 
 def line(variant, seed, acc, **extra):
-  return {"run": {"group": "score", "task": "toy", "model.options.score": variant}, "seed": seed,
+  return {"run": {"group": "score", "task": "toy", "model.kwargs.score": variant}, "seed": seed,
           "metrics": {"val": {"accuracy": acc}, "test": {"accuracy": acc}}, **extra}
 
 

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from attnlab import kernels
+from attnlab import kernels, registry
 
 Q = jax.random.normal(jax.random.key(0), (1, 2, 1, 4))  # [B, Lq, H, D]
 K = jax.random.normal(jax.random.key(1), (1, 5, 1, 4))
@@ -74,3 +74,27 @@ def test_hard_st_is_one_hot_forward_with_soft_relaxation_gradient():
     return jnp.sum(z * V[:, :2])
 
   np.testing.assert_allclose(jax.grad(st)(Q), jax.grad(relaxed)(Q), rtol=1e-4, atol=1e-6)
+
+
+def test_with_weight_dropout_returns_a_target_and_registers_nothing():
+  """The wrapper is a Target (the same object per wrapped target: one compile), adds no registry
+  name, and is unbiased for soft: E[z] is the soft output; hard keeps a proper distribution."""
+  before = registry.names("target")
+  drop = kernels.with_weight_dropout("soft")
+  assert isinstance(drop, kernels.Target) and drop.stochastic
+  assert kernels.with_weight_dropout("soft") is drop and kernels.with_weight_dropout("hard") is not drop
+  assert registry.names("target") == before
+  clean = kernels.attention(Q, K, V)
+  f = jax.jit(jax.vmap(lambda r: kernels.attention(Q, K, V, target=drop, rng=r,
+                                                   target_kwargs={"dropout_rate": 0.5})))
+  outs = f(jax.random.split(jax.random.key(5), 4000))
+  assert not np.allclose(outs[0], clean)
+  np.testing.assert_allclose(outs.mean(0), clean, atol=0.05)
+  same = kernels.attention(Q, K, V, target=drop, deterministic=True, target_kwargs={"dropout_rate": 0.5})
+  np.testing.assert_allclose(same, clean, atol=1e-6)
+  hard = kernels.with_weight_dropout("hard")
+  z, aux = kernels.attention(Q, K, V, target=hard, rng=jax.random.key(6), return_aux=True,
+                             target_kwargs={"dropout_rate": 0.5})
+  rows = np.asarray(V)[0, :, 0]  # [Lk, Dv]: each output row is one value row
+  assert all(np.any(np.all(np.isclose(rows, r, atol=1e-6), axis=1)) for r in np.asarray(z)[0, :, 0])
+  assert np.all(np.asarray(aux["log_prob"]) <= 0)

@@ -1,16 +1,16 @@
 """The task contract: what every registered task gives the models and the runner.
 
-A task is registered under kind ``task`` as a factory ``make(**knobs) -> Task``
+A task is registered under kind ``task`` as a factory ``make(**kwargs) -> Task``
 (``registry.register("task", "assoc_recall")(make_assoc_recall)``; inside attnlab use
-``@register_task("assoc_recall")``, which also turns unknown knobs into a ValueError listing the
+``@register_task("assoc_recall")``, which also turns unknown kwargs into a ValueError listing the
 valid ones). Batches are dicts of NumPy arrays, deterministic in (seed, split, step). Formats by
 ``family``:
 
 | family            | batch keys (shapes)                                                        |
 |-------------------|----------------------------------------------------------------------------|
 | `classifier`      | inputs int32 [B, L] (tokens) or float32 [B, L, F] (features); label int32 [B] |
-| `seq2seq`         | inputs int32 [B, Ls]; targets int32 [B, Lt] (PAD=0 where shorter)           |
-| `lm`              | inputs int32 [B, L]; targets int32 [B, L] (inputs shifted left by one)      |
+| `seq2seq`         | inputs int32 [B, Ls]; labels int32 [B, Lt] (PAD=0 where shorter)            |
+| `lm`              | inputs int32 [B, L]; labels int32 [B, L] (inputs shifted left by one)       |
 | `node_classifier` | features float32 [N, F]; edges int32 [2, E]; labels int32 [N];              |
 |                   | mask bool [N] (the nodes of the requested split) — the whole graph, or the |
 |                   | split's computation subgraph (its nodes first), is one batch (data.graph) |
@@ -62,7 +62,7 @@ class Task:
   Attributes:
     name: the registered name.
     family: one of FAMILIES; decides the model family and the loss.
-    spec: sizes a model needs: e.g. vocab_size, num_classes, input_dim, seq_len, target_len.
+    spec: sizes a model needs: e.g. vocab_size, num_classes, input_dim, seq_len, label_len.
     metrics: metric names reported on val and test, e.g. ("loss", "accuracy"); accuracies are
       fractions in [0, 1].
     eval_size: number of examples in the fixed val and test sets (None = whole split).
@@ -140,19 +140,19 @@ def epoch_indices(n: int, step: int, batch_size: int, seed: int) -> np.ndarray:
   return np.concatenate(perms)[start - first * n:start - first * n + batch_size]
 
 
-def check_knob(task: str, knob: str, value: Any, minimum: int = 1) -> int:
-  """An integer knob ``>= minimum``; otherwise a TypeError/ValueError naming the knob."""
-  return validate.int_at_least(f"task {task!r}", f"knob {knob}", value, minimum)
+def check_kwarg(task: str, kwarg: str, value: Any, minimum: int = 1) -> int:
+  """An integer kwarg ``>= minimum``; otherwise a TypeError/ValueError naming the kwarg."""
+  return validate.int_at_least(f"task {task!r}", f"kwarg {kwarg}", value, minimum)
 
 
-def check_choice(task: str, knob: str, value: Any, choices: tuple[Any, ...]) -> Any:
-  """A knob that must be one of ``choices``; otherwise a ValueError naming the knob."""
-  return validate.choice(f"task {task!r}", f"knob {knob}", value, choices)
+def check_choice(task: str, kwarg: str, value: Any, choices: tuple[Any, ...]) -> Any:
+  """A kwarg that must be one of ``choices``; otherwise a ValueError naming the kwarg."""
+  return validate.choice(f"task {task!r}", f"kwarg {kwarg}", value, choices)
 
 
-def knob_error(task: str, knob: str, message: str) -> ValueError:
-  """A ValueError for an impossible knob value: ``task 'x': knob k ...``."""
-  return ValueError(f"task {task!r}: knob {knob} {message}")
+def kwarg_error(task: str, kwarg: str, message: str) -> ValueError:
+  """A ValueError for an impossible kwarg value: ``task 'x': kwarg k ...``."""
+  return ValueError(f"task {task!r}: kwarg {kwarg} {message}")
 
 
 def import_extra(module: str, task: str) -> ModuleType:
@@ -165,22 +165,22 @@ def import_extra(module: str, task: str) -> ModuleType:
 
 
 def register_task(name: str) -> Callable[[Callable[..., Task]], Callable[..., Task]]:
-  """Registers a task factory under kind ``task``: keyword-only knobs; an unknown knob is a
-  ValueError that lists the valid knobs with their defaults."""
+  """Registers a task factory under kind ``task``: keyword-only kwargs; an unknown kwarg is a
+  ValueError that lists the valid kwargs with their defaults."""
 
   def wrap(factory: Callable[..., Task]) -> Callable[..., Task]:
     signature = inspect.signature(factory)
 
     @functools.wraps(factory)
-    def make(*args: Any, **knobs: Any) -> Task:
+    def make(*args: Any, **kwargs: Any) -> Task:
       valid = ", ".join(f"{p.name}={p.default!r}" for p in signature.parameters.values())
       if args:
-        raise TypeError(f"task {name!r}: knobs are keyword arguments; valid knobs: {valid}")
-      unknown = sorted(set(knobs) - set(signature.parameters))
+        raise TypeError(f"task {name!r}: kwargs are keyword arguments; valid kwargs: {valid}")
+      unknown = sorted(set(kwargs) - set(signature.parameters))
       if unknown:
-        raise ValueError(f"task {name!r}: unknown knob(s) {', '.join(map(repr, unknown))}; "
-                         f"valid knobs: {valid}")
-      return factory(**knobs)
+        raise ValueError(f"task {name!r}: unknown kwarg(s) {', '.join(map(repr, unknown))}; "
+                         f"valid kwargs: {valid}")
+      return factory(**kwargs)
 
     registry.register("task", name, make)
     return make

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from attnlab.data.base import Task, check_choice, check_knob, epoch_indices, import_extra, knob_error, \
+from attnlab.data.base import Task, check_choice, check_kwarg, epoch_indices, import_extra, kwarg_error, \
   register_task
 
 SIDE = 8
@@ -50,21 +50,21 @@ class ArrayTask(Task):
 
 @register_task("digits")
 def make_digits(*, layout: str = "rows", patch_size: int = 2, eval_size: int = 360) -> Task:
-  """Digits. Knobs: layout ("rows" | "patches"), patch_size (patches only; divides 8), eval_size
+  """Digits. Kwargs: layout ("rows" | "patches"), patch_size (patches only; divides 8), eval_size
   (images in val and in test each)."""
   name = "digits"
   check_choice(name, "layout", layout, ("rows", "patches"))
-  patch_size = check_knob(name, "patch_size", patch_size)
-  eval_size = check_knob(name, "eval_size", eval_size)
+  patch_size = check_kwarg(name, "patch_size", patch_size)
+  eval_size = check_kwarg(name, "eval_size", eval_size)
   if layout == "patches" and SIDE % patch_size:
-    raise knob_error(name, "patch_size", f"({patch_size}) must divide the image side {SIDE}")
+    raise kwarg_error(name, "patch_size", f"({patch_size}) must divide the image side {SIDE}")
   datasets = import_extra("sklearn.datasets", name)
   data = datasets.load_digits()
   images = (np.asarray(data.images, np.float32) / 16.0)  # [N, 8, 8] in [0, 1]
   labels = np.asarray(data.target, np.int32)  # [N]
   n, classes = len(labels), len(np.unique(labels))
   if 2 * eval_size > n - classes:
-    raise knob_error(name, "eval_size", f"({eval_size}) is too large: val and test take "
+    raise kwarg_error(name, "eval_size", f"({eval_size}) is too large: val and test take "
                      f"2 * eval_size of the {n} images and train needs at least {classes}")
   if layout == "rows":
     seqs = images  # [N, 8, 8]

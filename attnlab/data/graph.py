@@ -1,28 +1,23 @@
 """Graphs for node classification: the ``Graph`` record and the task that serves it.
 
-A node-classifier batch is the whole graph: features [N, F], edges [2, E] (row 0 source, row 1
-target; both directions of every undirected edge, no self loops, no duplicates; models add self
-loops if they want them), labels [N], and ``mask`` [N] = the nodes of the requested split. Batches
-are the same for every seed and step (the runner places one copy on the devices).
-
-With ``sparse_features=True`` the features come as their stored entries instead of ``features``:
-``feature_index`` int32 [nnz, 2] (node, feature) pairs in row-major order and ``feature_values``
-float32 [nnz] (bag-of-words graphs such as Cora are ~1 % dense; the ``gat`` model takes either),
-plus ``feature_lists/*``, the same entries as a ``kernels.segments.Incidence`` (out = node,
-in = feature). Every batch also holds ``edge_lists/*``: the incidence of the edges with one self
-loop per node (``kernels.edge_incidence``), the graph attention layers' scatter-free fast path.
-Read either back with ``kernels.segments.from_arrays(batch, "edge_lists")``.
+A node-classifier batch is ``{"graph": GraphBatch, "labels": [N], "mask": [N]}``
+(attnlab.graph_batch): the graph's features (dense [N, F], or with ``sparse_features=True`` a
+``SparseMatrix`` of the stored entries: bag-of-words graphs such as Cora are ~1 % dense), its edges
+[2, E] (sender, receiver; both directions of every undirected edge, no self loops, no duplicates)
+and the incidence the attention layers run on (the edges plus one self loop per node); ``mask`` =
+the nodes of the requested split. Batches are the same for every seed and step (the runner places
+one copy on the devices).
 
 ``subgraph_hops=k`` (> 0) serves each split as its k-hop *computation subgraph* instead
 (``computation_subgraph``; DGL's message-flow graphs, PyTorch Geometric's ``NeighborLoader`` with
 all neighbours): the split's nodes first, then every node within 1, ..., k hops upstream of them,
-and one edge incidence per message-passing layer, ``edge_lists/layer{l}/*``, whose targets are
-only the nodes the next layer reads (layer l of k: the nodes within k − 1 − l hops, a prefix of
-the node order) and whose sources are the rows the layer before produced. A model of k such layers
-then computes exactly its full-graph outputs at the split's nodes, as its first rows (the loss
-reads labels and mask for those), so the loss, its gradients and the metrics are those of the
-whole graph while the rest of it costs nothing (sizes on Cora: experiments/cora_gat/README.md).
-``spec["subgraph_hops"]`` = k tells the model (``gat`` refuses fewer hops than its layers).
+and one incidence per message-passing layer, whose receivers are only the nodes the next layer
+reads (layer l of k: the nodes within k − 1 − l hops, a prefix of the node order) and whose senders
+are the rows the layer before produced. A model of k such layers then computes exactly its
+full-graph outputs at the split's nodes, as its first rows (the loss reads labels and mask for
+those), so the loss, its gradients and the metrics are those of the whole graph while the rest of
+it costs nothing. ``spec["subgraph_hops"]`` = k tells the model (``gat`` refuses fewer hops than
+its layers).
 """
 
 from __future__ import annotations
@@ -31,9 +26,8 @@ import dataclasses
 
 import numpy as np
 
-from attnlab.data.base import Task, knob_error
-from attnlab.kernels import graph as graph_kernels
-from attnlab.kernels import segments
+from attnlab import graph_batch
+from attnlab.data.base import Task, kwarg_error
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +37,7 @@ class Graph:
   Attributes:
     features: float32 [N, F].
     labels: int32 [N] in [0, num_classes).
-    edges: int32 [2, E], both directions, no self loops, deduplicated, sorted by (source, target).
+    edges: int32 [2, E] (sender, receiver), both directions, no self loops, deduplicated, sorted.
     train_index, val_index, test_index: int64 node indices of the splits.
     num_classes: number of classes.
   """
@@ -65,7 +59,7 @@ class Graph:
 
 def undirected_edges(pairs: np.ndarray, num_nodes: int) -> np.ndarray:
   """[2, E] int32 edges from node pairs [P, 2]: both directions, self loops and duplicates removed,
-  sorted by (source, target)."""
+  sorted by (sender, receiver)."""
   pairs = np.asarray(pairs, np.int64).reshape(-1, 2)  # [P, 2]
   if len(pairs) and (pairs.min() < 0 or pairs.max() >= num_nodes):
     raise ValueError(f"edge endpoints must be node indices in [0, {num_nodes}), got "
@@ -82,25 +76,25 @@ def row_normalize(features: np.ndarray) -> np.ndarray:
   return np.where(sums > 0, features / np.where(sums > 0, sums, 1), 0).astype(np.float32)
 
 
-def computation_subgraph(edges: np.ndarray, num_nodes: int, targets: np.ndarray,
+def computation_subgraph(edges: np.ndarray, num_nodes: int, roots: np.ndarray,
                          hops: int) -> tuple[np.ndarray, list[int], list[np.ndarray]]:
-  """The ``hops``-hop computation subgraph of the nodes ``targets``: (nodes, sizes, layer_edges).
+  """The ``hops``-hop computation subgraph of the nodes ``roots``: (nodes, sizes, layer_edges).
 
-  ``nodes`` int64 [n'] are the targets and every node with a path of at most ``hops`` edges to
+  ``nodes`` int64 [n'] are the roots and every node with a path of at most ``hops`` edges to
   one, ordered by that distance, then by id: the nodes within d hops are the first ``sizes[d]``
-  (d = 0..hops; ``sizes[0]`` = the targets, ``sizes[hops]`` = n'). ``layer_edges[l]`` int32
-  [2, E_l] (source, target), relabelled to positions in ``nodes``, are the edges of [2, E] into the
-  nodes within ``hops - 1 - l`` hops: the l-th of ``hops`` rounds of message passing needs only
-  those targets' outputs, from inputs of the nodes within one hop more, and the last round gives
-  every target the value it gets on the whole graph.
+  (d = 0..hops; ``sizes[0]`` = the roots, ``sizes[hops]`` = n'). ``layer_edges[l]`` int32
+  [2, E_l] (sender, receiver), relabelled to positions in ``nodes``, are the edges of [2, E] into
+  the nodes within ``hops - 1 - l`` hops: the l-th of ``hops`` rounds of message passing needs only
+  those receivers' outputs, from inputs of the nodes within one hop more, and the last round gives
+  every root the value it gets on the whole graph.
   """
   if hops < 1:
     raise ValueError(f"computation_subgraph: hops must be a positive int, got {hops}")
-  dist = np.full(num_nodes, hops + 1)  # [N] hops to the nearest target (hops + 1: farther)
-  dist[targets] = 0
+  dist = np.full(num_nodes, hops + 1)  # [N] hops to the nearest root (hops + 1: farther)
+  dist[roots] = 0
   for d in range(1, hops + 1):
-    sources = edges[0][dist[edges[1]] == d - 1]  # of edges into the nodes d - 1 hops away
-    dist[sources] = np.minimum(dist[sources], d)
+    senders = edges[0][dist[edges[1]] == d - 1]  # of edges into the nodes d - 1 hops away
+    dist[senders] = np.minimum(dist[senders], d)
   nodes = np.lexsort((np.arange(num_nodes), dist))[:int(np.sum(dist <= hops))]  # by (dist, id)
   position = np.empty(num_nodes, np.int64)
   position[nodes] = np.arange(len(nodes))
@@ -112,15 +106,6 @@ def computation_subgraph(edges: np.ndarray, num_nodes: int, targets: np.ndarray,
   return nodes, sizes, layer_edges
 
 
-def _feature_arrays(features: np.ndarray, sparse: bool) -> dict[str, np.ndarray]:
-  if not sparse:
-    return {"features": features}  # [N, F]
-  rows, cols = np.nonzero(features)  # row-major order
-  return {"feature_index": np.stack([rows, cols], 1).astype(np.int32),  # [nnz, 2]
-          "feature_values": features[rows, cols].astype(np.float32),  # [nnz]
-          **segments.to_arrays(segments.incidence(rows, cols, *features.shape), "feature_lists")}
-
-
 class GraphTask(Task):
   """Node classification on one fixed graph; a batch is the whole graph with the split's mask, or
   with ``subgraph_hops`` > 0 the split's computation subgraph (see the module docstring)."""
@@ -128,45 +113,42 @@ class GraphTask(Task):
   def __init__(self, name: str, graph: Graph, *, sparse_features: bool = False,
                subgraph_hops: int = 0):
     if not isinstance(subgraph_hops, int) or isinstance(subgraph_hops, bool) or subgraph_hops < 0:
-      raise knob_error(name, "subgraph_hops", f"must be an int >= 0 (0 = the whole graph), got "
+      raise kwarg_error(name, "subgraph_hops", f"must be an int >= 0 (0 = the whole graph), got "
                        f"{subgraph_hops!r}")
     spec = {"num_features": graph.features.shape[1], "num_classes": graph.num_classes,
             "num_nodes": graph.num_nodes, "subgraph_hops": subgraph_hops}
     super().__init__(name, "node_classifier", spec)
     self.graph, self.sparse_features, self.subgraph_hops = graph, sparse_features, subgraph_hops
-    self._parts: dict[str, tuple[np.ndarray, dict[str, np.ndarray]]] = {}
+    self._parts: dict[str, tuple[np.ndarray, dict]] = {}
 
-  def _part(self, split: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """(node ids, arrays) of ``split``'s graph, built once: the whole graph (shared by the splits,
-    one incidence for every layer) or the split's computation subgraph (one per layer)."""
+  def _part(self, split: str) -> tuple[np.ndarray, dict]:
+    """(node ids, {"graph", "labels"}) of ``split``'s graph, built once: the whole graph (shared by
+    the splits, one incidence for every layer) or the split's computation subgraph (one per layer)."""
     key = split if self.subgraph_hops else "whole"
     if key not in self._parts:
       g, hops = self.graph, self.subgraph_hops
       if hops:
         nodes, sizes, layer_edges = computation_subgraph(g.edges, g.num_nodes, g.split_index(split),
                                                          hops)
-        edges, features, lists = layer_edges[0], g.features[nodes], {}
-        for layer, e in enumerate(layer_edges):  # targets: the first sizes[hops - 1 - layer] nodes
-          inc = graph_kernels.edge_incidence(e, sizes[hops - layer], num_out=sizes[hops - 1 - layer])
-          lists.update(segments.to_arrays(inc, graph_kernels.layer_prefix(layer)))
+        graph = graph_batch.build(g.features[nodes], layer_edges[0], sparse=self.sparse_features,
+                                  layer_edges=layer_edges, sizes=sizes)
       else:
-        nodes, edges, features = np.arange(g.num_nodes), g.edges, g.features
-        lists = segments.to_arrays(graph_kernels.edge_incidence(edges, g.num_nodes), "edge_lists")
-      self._parts[key] = (nodes, {**_feature_arrays(features, self.sparse_features),
-                                  "edges": edges, "labels": g.labels[nodes], **lists})
+        nodes = np.arange(g.num_nodes)
+        graph = graph_batch.build(g.features, g.edges, sparse=self.sparse_features)
+      self._parts[key] = (nodes, {"graph": graph, "labels": g.labels[nodes]})
     return self._parts[key]
 
-  def _split_batch(self, split: str) -> dict[str, np.ndarray]:
+  def _split_batch(self, split: str) -> dict:
     nodes, arrays = self._part(split)
     return {**arrays, "mask": np.isin(nodes, self.graph.split_index(split))}  # mask [N']
 
-  def batch(self, split: str, step: int, batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
+  def batch(self, split: str, step: int, batch_size: int, seed: int = 0) -> dict:
     """The split's graph with ``mask`` = the nodes of ``split`` (step, batch_size, seed are ignored)."""
     del step, batch_size, seed
     self.check_split(split)
     return self._split_batch(split)
 
-  def make_eval_set(self, split: str) -> dict[str, np.ndarray]:
+  def make_eval_set(self, split: str) -> dict:
     return self._split_batch(split)
 
   def num_batches(self, split: str, batch_size: int) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from attnlab.data.base import check_knob, import_extra, knob_error, register_task
+from attnlab.data.base import check_kwarg, import_extra, kwarg_error, register_task
 from attnlab.data.graph import Graph, GraphTask, undirected_edges
 
 CLUBS = ("Mr. Hi", "Officer")
@@ -20,17 +20,17 @@ SPLIT_SEED = 0
 
 @register_task("karate")
 def make_karate(*, train_per_class: int = 4, val_per_class: int = 4) -> GraphTask:
-  """Karate club. Knobs: train_per_class, val_per_class (labelled nodes per faction)."""
+  """Karate club. Kwargs: train_per_class, val_per_class (labelled nodes per faction)."""
   name = "karate"
-  train_per_class = check_knob(name, "train_per_class", train_per_class)
-  val_per_class = check_knob(name, "val_per_class", val_per_class)
+  train_per_class = check_kwarg(name, "train_per_class", train_per_class)
+  val_per_class = check_kwarg(name, "val_per_class", val_per_class)
   nx = import_extra("networkx", name)
   g = nx.karate_club_graph()
   nodes = sorted(g.nodes)
   labels = np.array([CLUBS.index(g.nodes[v]["club"]) for v in nodes], np.int32)  # [N]
   smallest = int(np.bincount(labels).min())
   if train_per_class + val_per_class >= smallest:
-    raise knob_error(name, "train_per_class", f"+ val_per_class ({train_per_class} + {val_per_class}) "
+    raise kwarg_error(name, "train_per_class", f"+ val_per_class ({train_per_class} + {val_per_class}) "
                      f"must be < {smallest}, the smallest faction, to leave test nodes")
   rng = np.random.default_rng(SPLIT_SEED)
   train, val = [], []

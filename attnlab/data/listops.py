@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from attnlab.data.base import FIRST_TOKEN, PAD, check_knob, knob_error, register_task
+from attnlab.data.base import FIRST_TOKEN, PAD, check_kwarg, kwarg_error, register_task
 from attnlab.data.synthetic import SyntheticTask
 
 OPERATORS = ("[MIN", "[MAX", "[MED", "[SM")
@@ -72,24 +72,24 @@ def _longest(max_depth: int, max_args: int, cap: int) -> int:
 @register_task("listops")
 def make_listops(*, max_depth: int = 3, max_args: int = 5, max_length: int = 40, min_length: int = 0,
                  operator_prob: float = 0.25, eval_size: int = 512) -> SyntheticTask:
-  """ListOps. Knobs: max_depth (operator nesting + 1; >= 2), max_args (>= 2), max_length (= seq_len),
+  """ListOps. Kwargs: max_depth (operator nesting + 1; >= 2), max_args (>= 2), max_length (= seq_len),
   min_length, operator_prob, eval_size."""
   name = "listops"
-  max_depth = check_knob(name, "max_depth", max_depth, 2)
-  max_args = check_knob(name, "max_args", max_args, 2)
-  max_length = check_knob(name, "max_length", max_length, 4)
-  min_length = check_knob(name, "min_length", min_length, 0)
-  eval_size = check_knob(name, "eval_size", eval_size)
+  max_depth = check_kwarg(name, "max_depth", max_depth, 2)
+  max_args = check_kwarg(name, "max_args", max_args, 2)
+  max_length = check_kwarg(name, "max_length", max_length, 4)
+  min_length = check_kwarg(name, "min_length", min_length, 0)
+  eval_size = check_kwarg(name, "eval_size", eval_size)
   if isinstance(operator_prob, bool) or not isinstance(operator_prob, (int, float)) \
      or not 0 <= operator_prob <= 1:
-    raise knob_error(name, "operator_prob", f"must be a probability in [0, 1], got {operator_prob!r}")
+    raise kwarg_error(name, "operator_prob", f"must be a probability in [0, 1], got {operator_prob!r}")
   longest = _longest(max_depth, max_args, cap=10 ** 9)
   if min_length > min(max_length, longest):
-    raise knob_error(name, "min_length", f"({min_length}) exceeds the longest possible expression "
+    raise kwarg_error(name, "min_length", f"({min_length}) exceeds the longest possible expression "
                      f"({min(max_length, longest)} tokens for max_length={max_length}, "
                      f"max_depth={max_depth}, max_args={max_args})")
   if operator_prob == 0 and min_length > 2 + max_args:
-    raise knob_error(name, "min_length", f"({min_length}) cannot be reached with operator_prob=0 "
+    raise kwarg_error(name, "min_length", f"({min_length}) cannot be reached with operator_prob=0 "
                      f"(expressions have at most {2 + max_args} tokens)")
 
   def example(rng: np.random.Generator) -> tuple[list[int], int]:

@@ -8,7 +8,7 @@ Two places, in this order:
 2. the copies shipped inside the package (``attnlab/data/bundled``: Cora and tiny Shakespeare; its
    README gives sources, terms and sha256 sums).
 
-A directory or path given explicitly (a task knob, a ``load_planetoid`` argument) overrides both.
+A directory or path given explicitly (a task kwarg, a ``load_planetoid`` argument) overrides both.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def planetoid_dir(name: str) -> pathlib.Path:
   raise FileNotFoundError(
       f"planetoid: the {name} files ind.{name}.* are not in {str(candidates[0])!r} ($ATTNLAB_DATA_DIR, "
       f"else ~/.cache/attnlab) and do not ship with attnlab; run `attnlab download planetoid {name}` "
-      f"to fetch and verify them, or pass the directory holding them (task knob data_dir)")
+      f"to fetch and verify them, or pass the directory holding them (task kwarg data_dir)")
 
 
 def shakespeare_path() -> pathlib.Path:

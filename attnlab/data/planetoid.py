@@ -146,12 +146,12 @@ def load_planetoid(name: str, directory: str | os.PathLike | None = None, *,
 def make_planetoid(*, dataset: str = "cora", data_dir: str | None = None,
                    normalize_features: bool = True, sparse_features: bool = False,
                    subgraph_hops: int = 0) -> GraphTask:
-  """Planetoid node classification. Knobs: dataset (cora | citeseer | pubmed), data_dir (the directory
-  of the ind.* files; default: the data directory, else the bundled Cora), normalize_features
-  (row-normalise, as GAT), sparse_features (batches hold ``feature_index``/``feature_values``
-  instead of dense ``features``), subgraph_hops (0: every batch is the whole graph; k: each split's
-  k-hop computation subgraph, exact for models of at most k message-passing layers); see
-  attnlab.data.graph."""
+  """Planetoid node classification. Kwargs: dataset (cora | citeseer | pubmed), data_dir (the
+  directory of the ind.* files; default: the data directory, else the bundled Cora),
+  normalize_features (row-normalise, as GAT), sparse_features (the batch's ``GraphBatch`` holds a
+  ``SparseMatrix`` of the stored entries instead of dense features), subgraph_hops (0: every batch
+  is the whole graph; k: each split's k-hop computation subgraph, exact for models of at most k
+  message-passing layers); see attnlab.data.graph."""
   check_choice("planetoid", "dataset", dataset, DATASETS)
   check_choice("planetoid", "normalize_features", normalize_features, (True, False))
   check_choice("planetoid", "sparse_features", sparse_features, (True, False))

@@ -3,7 +3,7 @@
 The vocabulary is the file's distinct characters, sorted by code point (token = 2 + rank; 0 PAD and
 1 BOS are never used in the data). Fixed split: the first 90 % of the characters are train, the last
 10 % are held out and cut in halves: the first half is val, the second test. Train batches are random
-windows of ``seq_len + 1`` characters (inputs = window[:-1], targets = window[1:]) drawn per
+windows of ``seq_len + 1`` characters (inputs = window[:-1], labels = window[1:]) drawn per
 (seed, step); val/test are ``eval_size`` non-overlapping windows spread evenly over their half
 (the same for every seed).
 """
@@ -16,7 +16,7 @@ import pathlib
 import numpy as np
 
 from attnlab.data import paths
-from attnlab.data.base import FIRST_TOKEN, Task, check_knob, knob_error, register_task, rng_for
+from attnlab.data.base import FIRST_TOKEN, Task, check_kwarg, kwarg_error, register_task, rng_for
 
 TRAIN_FRACTION = 0.9
 
@@ -37,27 +37,27 @@ class TextTask(Task):
 
   def make_eval_set(self, split: str) -> dict[str, np.ndarray]:
     text = self.streams[split]
-    count = (len(text) - 1) // self.seq_len  # non-overlapping windows that fit (with their target)
+    count = (len(text) - 1) // self.seq_len  # non-overlapping windows that fit (with their labels)
     chosen = np.linspace(0, count - 1, self.eval_size).round().astype(np.int64)  # [eval_size] distinct
     return self._windows(text, chosen * self.seq_len)
 
   def _windows(self, text: np.ndarray, starts: np.ndarray) -> dict[str, np.ndarray]:
     idx = starts[:, None] + np.arange(self.seq_len + 1)[None, :]  # [B, L + 1]
     window = text[idx]
-    return {"inputs": window[:, :-1], "targets": window[:, 1:]}
+    return {"inputs": window[:, :-1], "labels": window[:, 1:]}
 
 
 @register_task("shakespeare")
 def make_shakespeare(*, path: str | None = None, seq_len: int = 64, eval_size: int = 256) -> Task:
-  """Char-level LM. Knobs: path (a UTF-8 text file; default: the data directory's
+  """Char-level LM. Kwargs: path (a UTF-8 text file; default: the data directory's
   tinyshakespeare/input.txt, else the bundled copy), seq_len, eval_size (windows in val and in test
   each)."""
   name = "shakespeare"
-  seq_len = check_knob(name, "seq_len", seq_len)
-  eval_size = check_knob(name, "eval_size", eval_size)
+  seq_len = check_kwarg(name, "seq_len", seq_len)
+  eval_size = check_kwarg(name, "eval_size", eval_size)
   file = paths.shakespeare_path() if path is None else pathlib.Path(os.fspath(path))
   if not file.is_file():
-    raise FileNotFoundError(f"task {name!r}: text file {str(file)!r} (knob path) does not exist")
+    raise FileNotFoundError(f"task {name!r}: text file {str(file)!r} (kwarg path) does not exist")
   try:
     text = file.read_text(encoding="utf-8")
   except UnicodeDecodeError as e:
@@ -70,10 +70,10 @@ def make_shakespeare(*, path: str | None = None, seq_len: int = 64, eval_size: i
   streams = {"train": ids[:cut], "val": ids[cut:half], "test": ids[half:]}
   fits = min((len(s) - 1) // seq_len for s in (streams["val"], streams["test"]))
   if len(streams["train"]) <= seq_len or fits < 1:
-    raise ValueError(f"task {name!r}: {str(file)!r} has {len(ids)} characters, too few for knob "
+    raise ValueError(f"task {name!r}: {str(file)!r} has {len(ids)} characters, too few for kwarg "
                      f"seq_len={seq_len} (each 5 % held-out half needs a window of seq_len + 1)")
   if eval_size > fits:
-    raise knob_error(name, "eval_size", f"({eval_size}) exceeds the {fits} non-overlapping windows of "
+    raise kwarg_error(name, "eval_size", f"({eval_size}) exceeds the {fits} non-overlapping windows of "
                      f"seq_len={seq_len} in the val/test halves of {str(file)!r}")
   tokens = ("<pad>", "<bos>") + tuple(chr(c) for c in chars)
   return TextTask(name, streams, seq_len, eval_size, tokens)

@@ -3,12 +3,12 @@
 * ``assoc_recall`` (classifier): ``k1 v1 k2 v2 ... kn vn ? q`` -> the value paired with key ``q``.
   Attention as information retrieval: the query must find its key and read the value beside it.
   Keys and values have disjoint vocabularies; the label is the value's index in [0, num_values).
-* ``copy``, ``reverse``, ``sort`` (seq2seq): the target is the source, reversed, or sorted by token
-  id. With ``min_length < length`` source lengths vary and the source and target are PAD-ed at the end.
-  Each target position needs one (copy/reverse) or a content-chosen (sort) source position: cross-attention.
+* ``copy``, ``reverse``, ``sort`` (seq2seq): the labels are the source, reversed, or sorted by token
+  id. With ``min_length < length`` source lengths vary and the source and labels are PAD-ed at the end.
+  Each output position needs one (copy/reverse) or a content-chosen (sort) source position: cross-attention.
 * ``selective_copy`` (seq2seq): ``num_marked`` content tokens sit at random positions of a long
   sequence of noise tokens (a disjoint noise vocabulary; ``noise_vocab=1`` is the blank-token version
-  of Gu & Dao 2023); the target is the content tokens in order. Each output reads exactly one
+  of Gu & Dao 2023); the labels are the content tokens in order. Each output reads exactly one
   position out of many: the setting where hard attention should shine.
 
 Token layout (all tasks): 0 PAD, 1 BOS, then the task's symbol groups in the order listed in
@@ -21,7 +21,7 @@ from typing import Callable
 
 import numpy as np
 
-from attnlab.data.base import (FIRST_TOKEN, PAD, Task, check_knob, eval_rng, knob_error, register_task,
+from attnlab.data.base import (FIRST_TOKEN, PAD, Task, check_kwarg, eval_rng, kwarg_error, register_task,
                                rng_for)
 
 Generator = Callable[[np.random.Generator, int], dict[str, np.ndarray]]
@@ -59,15 +59,15 @@ def _pad_mask(lengths: np.ndarray, width: int) -> np.ndarray:
 @register_task("assoc_recall")
 def make_assoc_recall(*, num_pairs: int = 4, num_keys: int = 8, num_values: int = 8,
                       eval_size: int = 512) -> Task:
-  """Associative recall. Knobs: num_pairs (pairs per sequence, distinct keys), num_keys, num_values
+  """Associative recall. Kwargs: num_pairs (pairs per sequence, distinct keys), num_keys, num_values
   (= num_classes), eval_size. Input length 2 * num_pairs + 2."""
   name = "assoc_recall"
-  num_pairs = check_knob(name, "num_pairs", num_pairs)
-  num_keys = check_knob(name, "num_keys", num_keys)
-  num_values = check_knob(name, "num_values", num_values, 2)
-  eval_size = check_knob(name, "eval_size", eval_size)
+  num_pairs = check_kwarg(name, "num_pairs", num_pairs)
+  num_keys = check_kwarg(name, "num_keys", num_keys)
+  num_values = check_kwarg(name, "num_values", num_values, 2)
+  eval_size = check_kwarg(name, "eval_size", eval_size)
   if num_pairs > num_keys:
-    raise knob_error(name, "num_pairs", f"({num_pairs}) must be <= num_keys ({num_keys}): the keys of "
+    raise kwarg_error(name, "num_pairs", f"({num_pairs}) must be <= num_keys ({num_keys}): the keys of "
                      "a sequence are distinct")
   key0 = FIRST_TOKEN
   value0 = key0 + num_keys
@@ -96,20 +96,20 @@ def make_assoc_recall(*, num_pairs: int = 4, num_keys: int = 8, num_values: int 
 
 def _transform_task(name: str, transform: Callable[[np.ndarray, np.ndarray], np.ndarray], length: int,
                     vocab: int, min_length: int | None, eval_size: int) -> Task:
-  length = check_knob(name, "length", length)
-  vocab = check_knob(name, "vocab", vocab)
-  eval_size = check_knob(name, "eval_size", eval_size)
-  min_length = length if min_length is None else check_knob(name, "min_length", min_length)
+  length = check_kwarg(name, "length", length)
+  vocab = check_kwarg(name, "vocab", vocab)
+  eval_size = check_kwarg(name, "eval_size", eval_size)
+  min_length = length if min_length is None else check_kwarg(name, "min_length", min_length)
   if min_length > length:
-    raise knob_error(name, "min_length", f"({min_length}) must be <= length ({length})")
+    raise kwarg_error(name, "min_length", f"({min_length}) must be <= length ({length})")
 
   def generate(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
     lengths = _lengths(rng, n, min_length, length)  # [n]
     real = _pad_mask(lengths, length)  # [n, L]
     x = np.where(real, rng.integers(FIRST_TOKEN, FIRST_TOKEN + vocab, size=(n, length)), PAD)  # [n, L]
-    return {"inputs": x.astype(np.int32), "targets": transform(x, lengths).astype(np.int32)}
+    return {"inputs": x.astype(np.int32), "labels": transform(x, lengths).astype(np.int32)}
 
-  spec = {"vocab_size": FIRST_TOKEN + vocab, "seq_len": length, "target_len": length}
+  spec = {"vocab_size": FIRST_TOKEN + vocab, "seq_len": length, "label_len": length}
   return SyntheticTask(name, "seq2seq", spec, generate, eval_size=eval_size,
                        tokens=("<pad>", "<bos>") + _names("s", vocab),
                        metrics=("loss", "accuracy", "seq_accuracy"))
@@ -132,7 +132,7 @@ def _sort(x: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 @register_task("copy")
 def make_copy(*, length: int = 8, vocab: int = 8, min_length: int | None = None,
               eval_size: int = 512) -> Task:
-  """Copy the source. Knobs: length (max source length), vocab (symbols), min_length (None = fixed
+  """Copy the source. Kwargs: length (max source length), vocab (symbols), min_length (None = fixed
   length), eval_size."""
   return _transform_task("copy", lambda x, lengths: x, length, vocab, min_length, eval_size)
 
@@ -140,14 +140,14 @@ def make_copy(*, length: int = 8, vocab: int = 8, min_length: int | None = None,
 @register_task("reverse")
 def make_reverse(*, length: int = 8, vocab: int = 8, min_length: int | None = None,
                  eval_size: int = 512) -> Task:
-  """Reverse the source (its real tokens; PADs stay at the end). Knobs as ``copy``."""
+  """Reverse the source (its real tokens; PADs stay at the end). Kwargs as ``copy``."""
   return _transform_task("reverse", _reverse, length, vocab, min_length, eval_size)
 
 
 @register_task("sort")
 def make_sort(*, length: int = 8, vocab: int = 8, min_length: int | None = None,
               eval_size: int = 512) -> Task:
-  """Sort the source tokens ascending by id (duplicates kept). Knobs as ``copy``."""
+  """Sort the source tokens ascending by id (duplicates kept). Kwargs as ``copy``."""
   return _transform_task("sort", _sort, length, vocab, min_length, eval_size)
 
 
@@ -156,16 +156,16 @@ def make_sort(*, length: int = 8, vocab: int = 8, min_length: int | None = None,
 @register_task("selective_copy")
 def make_selective_copy(*, length: int = 24, num_marked: int = 4, vocab: int = 8, noise_vocab: int = 4,
                         eval_size: int = 512) -> Task:
-  """Selective copy. Knobs: length (source length), num_marked (content tokens to copy = target
+  """Selective copy. Kwargs: length (source length), num_marked (content tokens to copy = label
   length), vocab (content symbols), noise_vocab (noise symbols), eval_size."""
   name = "selective_copy"
-  length = check_knob(name, "length", length)
-  num_marked = check_knob(name, "num_marked", num_marked)
-  vocab = check_knob(name, "vocab", vocab)
-  noise_vocab = check_knob(name, "noise_vocab", noise_vocab)
-  eval_size = check_knob(name, "eval_size", eval_size)
+  length = check_kwarg(name, "length", length)
+  num_marked = check_kwarg(name, "num_marked", num_marked)
+  vocab = check_kwarg(name, "vocab", vocab)
+  noise_vocab = check_kwarg(name, "noise_vocab", noise_vocab)
+  eval_size = check_kwarg(name, "eval_size", eval_size)
   if num_marked > length:
-    raise knob_error(name, "length", f"({length}) is too short for num_marked={num_marked} content tokens")
+    raise kwarg_error(name, "length", f"({length}) is too short for num_marked={num_marked} content tokens")
   noise0 = FIRST_TOKEN + vocab
 
   def generate(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
@@ -174,9 +174,9 @@ def make_selective_copy(*, length: int = 24, num_marked: int = 4, vocab: int = 8
     order = rng.permuted(np.tile(np.arange(length), (n, 1)), axis=1)[:, :num_marked]
     positions = np.sort(order, axis=1)  # [n, M] increasing positions of the content tokens
     np.put_along_axis(x, positions, content, axis=1)
-    return {"inputs": x.astype(np.int32), "targets": content.astype(np.int32)}
+    return {"inputs": x.astype(np.int32), "labels": content.astype(np.int32)}
 
-  spec = {"vocab_size": noise0 + noise_vocab, "seq_len": length, "target_len": num_marked}
+  spec = {"vocab_size": noise0 + noise_vocab, "seq_len": length, "label_len": num_marked}
   tokens = ("<pad>", "<bos>") + _names("s", vocab) + _names("n", noise_vocab)
   task = SyntheticTask(name, "seq2seq", spec, generate, eval_size=eval_size, tokens=tokens,
                        metrics=("loss", "accuracy", "seq_accuracy"))

@@ -1,27 +1,22 @@
-"""Functional attention kernels, one per category, selected by name.
+"""Functional attention kernels, one per category, selected by name (the research core).
 
     from attnlab import kernels
     out = kernels.attention(q, k, v, score="additive", params=kernels.init_params("additive", rng, 64))
+
+Modules with a leading underscore (``_blocked``, ``_segments``, ``_edges``, ``_dropout``,
+``_fastmath``) are the speed layer behind these names; research code does not need them.
 """
 
-from attnlab.kernels import segments
-from attnlab.kernels.attention import attend_one_head, attention
-from attnlab.kernels.dropout import dropout_weights, materialize, with_weight_dropout
-from attnlab.kernels.graph import (GraphScore, dense_graph_attention, edge_incidence, edge_scores,
-                                   edges_to_adjacency, get_graph_score, graph_attention,
-                                   init_graph_params, layer_prefix, prepare_edges, segment_softmax,
-                                   with_self_loops)
-from attnlab.kernels.segments import Incidence, SparseMatrix, gather_sum, incidence
-from attnlab.kernels.normalizers import Normalizer, entmax15, get_normalizer, sigmoid, softmax, sparsemax
+from attnlab.kernels.attention import attention
+from attnlab.kernels.graph import (GraphScore, dense_graph_attention, get_graph_score, graph_attention,
+                                   init_graph_params, segment_softmax)
+from attnlab.kernels.normalizers import Normalizer, get_normalizer
 from attnlab.kernels.scores import Score, get_score, init_params
-from attnlab.kernels.targets import Target, get_target
+from attnlab.kernels.targets import Target, get_target, with_weight_dropout
 
 __all__ = [
-    "attention", "attend_one_head", "init_params",
-    "Score", "Normalizer", "Target", "get_score", "get_normalizer", "get_target",
-    "softmax", "sparsemax", "entmax15", "sigmoid",
-    "dropout_weights", "with_weight_dropout", "materialize",
-    "GraphScore", "get_graph_score", "init_graph_params", "graph_attention", "dense_graph_attention",
-    "edge_scores", "segment_softmax", "with_self_loops", "prepare_edges", "edges_to_adjacency",
-    "edge_incidence", "layer_prefix", "segments", "Incidence", "SparseMatrix", "incidence", "gather_sum",
+    "attention", "init_params", "Score", "get_score", "Normalizer", "get_normalizer",
+    "Target", "get_target", "with_weight_dropout",
+    "graph_attention", "dense_graph_attention", "init_graph_params", "GraphScore", "get_graph_score",
+    "segment_softmax",
 ]

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from attnlab.kernels import _dtypes, _params
-from attnlab.kernels import blocked as _blocked
+from attnlab.kernels import _blocked
 from attnlab.kernels import normalizers as _normalizers
 from attnlab.kernels import scores as _scores
 from attnlab.kernels import targets as _targets
@@ -171,7 +171,7 @@ def _check_block_size(block_size):
     "score", "normalizer", "target", "causal", "return_weights", "return_aux", "deterministic",
     "impl", "block_size"))
 def attention(query: Array, key: Array, value: Array, *, score: str = "scaled_dot",
-              normalizer: str = "softmax", target: str = "soft", mask: Array | None = None,
+              normalizer: str = "softmax", target: str | _targets.Target = "soft", mask: Array | None = None,
               causal: bool = False, params: Any = None, rng: Array | None = None,
               return_weights: bool = False, deterministic: bool = False,
               normalizer_kwargs: dict | None = None, target_kwargs: dict | None = None,
@@ -185,7 +185,8 @@ def attention(query: Array, key: Array, value: Array, *, score: str = "scaled_do
     value: [B, Lk, Hkv, Dv].
     score: registered score name (``attnlab.registry.names("score")``).
     normalizer: registered normalizer name (softmax, sparsemax, entmax15, sigmoid, ...).
-    target: registered target name (soft, hard, hard_st, ...).
+    target: registered target name (soft, hard, hard_st, ...), or a ``Target`` (e.g.
+      ``with_weight_dropout("soft")``).
     mask: bool, broadcastable to [B, H, Lq, Lk]; True = may attend.
     causal: also mask keys j > i.
     params: the score's parameters (``init_params``), shared or with a leading [H] axis; None
@@ -211,7 +212,7 @@ def attention(query: Array, key: Array, value: Array, *, score: str = "scaled_do
   _check_inputs(query, key, value)
   score_fn = _scores.get_score(score)
   norm = _normalizers.get_normalizer(normalizer)
-  tgt = _targets.get_target(target)
+  tgt = _targets.resolve(target)
   b, lq, h, d = query.shape
   lk, hkv = key.shape[1], key.shape[2]
   g = h // hkv

@@ -1,19 +1,19 @@
 """Graph attention: scores on the edges of a graph, softmax over each node's incoming edges.
 
-Nodes attend over their in-neighbours. An edge list ``edges`` [2, E] holds (source, target) pairs,
+Nodes attend over their in-neighbours. An edge list ``edges`` [2, E] holds (sender, receiver) pairs,
 message j -> i; node i's output is Σ_{j→i} α_ij h_j with α_i· = softmax over i's incoming edges.
 Memory is O(E): scores live on edges, the softmax uses ``jax.ops.segment_max/segment_sum`` over
-targets. The dense path takes ``adjacency`` [N, N] bool with ``adjacency[i, j]`` = "edge j → i"
-(the attention-mask convention: row = query/target, column = key/source).
+receivers. The dense path takes ``adjacency`` [N, N] bool with ``adjacency[i, j]`` = "edge j → i"
+(the attention-mask convention: row = query/receiver, column = key/sender).
 
 Graph scores (registry kind ``"graph_score"``) are split like the sequence scores so that all
 per-node work is done once per node and only small features are gathered per edge:
 
-    fd = project_dst(params, h)            # [N, F] -> [N, A]   (target role)
-    fs = project_src(params, h)            # [N, F] -> [N, A]   (source role)
+    fd = project_dst(params, h)            # [N, F] -> [N, A]   (receiver role)
+    fs = project_src(params, h)            # [N, F] -> [N, A]   (sender role)
     e  = edge(params, fd[dst], fs[src], negative_slope=0.2)   # [..., A], [..., A] -> [...]
 
-| name         | e_ij (i = target, j = source)                      | params per head           | A |
+| name         | e_ij (i = receiver, j = sender)                      | params per head           | A |
 |--------------|----------------------------------------------------|---------------------------|---|
 | `additive`   | LeakyReLU(a_dstᵀ h_i + a_srcᵀ h_j)  (GAT)          | {"a_dst": [F], "a_src": [F]} | 1 |
 | `gatv2`      | aᵀ LeakyReLU(h_i + h_j)  (GATv2, shared W)         | {"a": [F]}                | F |
@@ -36,13 +36,12 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from attnlab import registry
 from attnlab.kernels import _dtypes, _params
 from attnlab.kernels import normalizers as _normalizers
-from attnlab.kernels import segments
-from attnlab.kernels.dropout import dropout_weights
+from attnlab.kernels import _segments
+from attnlab.kernels._dropout import dropout_weights
 
 Array = jax.Array
 
@@ -128,32 +127,42 @@ def _node_features(name: str, params: Any, h: Array):
   return s, f(s.project_dst), f(s.project_src), p_axis
 
 
-def segment_softmax(scores: Array, segment_ids: Array, num_segments: int, *,
-                    mask: Array | None = None, indices_are_sorted: bool = False) -> Array:
-  """Softmax of ``scores`` [E, ...] within each segment (all entries sharing a segment id).
+def segment_softmax(scores: Array, segments: Array | _segments.Incidence,
+                    num_segments: int | None = None, *, mask: Array | None = None,
+                    indices_are_sorted: bool = False) -> Array:
+  """Softmax of ``scores`` [E, ...] within each segment (all entries sharing a receiver).
 
-  ``mask`` [E] bool drops entries (weight 0). Segments with no (unmasked) entry get nothing.
-  Low-precision scores are normalised in float32; α has the scores' dtype.
+  ``segments``: the receiver id of each entry [E] (with ``num_segments``), or an ``Incidence``
+  (``_edges.edge_incidence``; receivers = its out rows, scatter-free). ``mask`` [E] bool drops
+  entries (weight 0; ids only). Segments with no (unmasked) entry get nothing. Low-precision
+  scores are normalised in float32; α has the scores' dtype.
   """
+  if isinstance(segments, _segments.Incidence):
+    if mask is not None or num_segments is not None:
+      raise ValueError("segment_softmax: mask and num_segments are for receiver ids, not an Incidence "
+                       "(its out rows are the segments)")
+    return _segments.softmax(scores, segments)
+  if num_segments is None:
+    raise ValueError("segment_softmax: num_segments is required with receiver ids")
   dtype, scores = scores.dtype, _dtypes.upcast(scores)
   if mask is not None:
     scores = jnp.where(mask.reshape(mask.shape + (1,) * (scores.ndim - 1)), scores, -jnp.inf)
   seg = dict(num_segments=num_segments, indices_are_sorted=indices_are_sorted)
-  m = jax.ops.segment_max(scores, segment_ids, **seg)  # [N, ...], -inf for empty segments
+  m = jax.ops.segment_max(scores, segments, **seg)  # [N, ...], -inf for empty segments
   m = jax.lax.stop_gradient(jnp.where(jnp.isfinite(m), m, 0.0))
-  e = jnp.exp(scores - m[segment_ids])  # [E, ...], 0 where masked
-  total = jax.ops.segment_sum(e, segment_ids, **seg)  # [N, ...]
-  return (e / jnp.where(total > 0, total, 1.0)[segment_ids]).astype(dtype)
+  e = jnp.exp(scores - m[segments])  # [E, ...], 0 where masked
+  total = jax.ops.segment_sum(e, segments, **seg)  # [N, ...]
+  return (e / jnp.where(total > 0, total, 1.0)[segments]).astype(dtype)
 
 
-def edge_scores(h: Array, edges: Array | segments.Incidence, *, score: str = "additive",
+def edge_scores(h: Array, edges: Array | _segments.Incidence, *, score: str = "additive",
                 params: Any = None, negative_slope: float = 0.2) -> Array:
-  """Unnormalised scores [E, H] of the edges (source, target) [2, E] or ``edge_incidence``, for
+  """Unnormalised scores [E, H] of the edges (sender, receiver) [2, E] or ``edge_incidence``, for
   node features h [N, H, F]."""
   s, fd, fs, p_axis = _node_features(score, params, h)  # fd, fs [N, H, A]
-  if isinstance(edges, segments.Incidence):  # gathers whose gradients are scatter-free sums
-    fd_e = segments.take(fd[:edges.num_out], edges, "out")  # [E, H, A]; targets: the first rows
-    fs_e = segments.take(fs, edges, "in")  # [E, H, A]
+  if isinstance(edges, _segments.Incidence):  # gathers whose gradients are scatter-free sums
+    fd_e = _segments.take(fd[:edges.num_out], edges, "out")  # [E, H, A]; receivers: the first rows
+    fs_e = _segments.take(fs, edges, "in")  # [E, H, A]
   else:
     fd_e, fs_e = fd[edges[1]], fs[edges[0]]  # [E, H, A]
   edge = lambda p, a, b: s.edge(p, a, b, negative_slope=negative_slope)
@@ -169,14 +178,14 @@ def graph_attention(h: Array, edges: Array, *, score: str = "additive", params: 
 
   Args:
     h: [N, H, F] per-head node features (keys and queries; also the values v unless ``values``).
-    edges: [2, E] int (source, target) pairs (duplicate edges count as separate neighbours), or an
+    edges: [2, E] int (sender, receiver) pairs (duplicate edges count as separate neighbours), or an
       ``edge_incidence`` of a fixed graph, used as given: the fast path (gathers and adds, no
       scatters, also in the gradient; the dropout mask is computed once). An incidence built with
-      ``num_out`` < N has its targets in the first ``num_out`` rows of h and outputs only those.
+      ``num_out`` < N has its receivers in the first ``num_out`` rows of h and outputs only those.
     score: a registered graph score name. params: its parameters (per head or shared).
     edge_mask: [E] bool, False drops an edge (e.g. self loops to be replaced).
     dropout_rate: dropout on the attention coefficients (after the softmax), needs ``rng``.
-    indices_are_sorted: edges are sorted by target (faster segment ops).
+    indices_are_sorted: edges are sorted by receiver (faster segment ops).
     return_weights: also return α [E, H].
     values: [N, H, Fv] node values v summed with the weights (default h), e.g. the dropped-out h of
       GAT's reference code (scores from h, sum over dropout(h)).
@@ -185,21 +194,21 @@ def graph_attention(h: Array, edges: Array, *, score: str = "additive", params: 
     edges), and α [E, H] with return_weights.
   """
   n = h.shape[0]
-  fixed = isinstance(edges, segments.Incidence)  # the fast path (checked before any gather)
+  fixed = isinstance(edges, _segments.Incidence)  # the fast path (checked before any gather)
   if fixed:
     if edge_mask is not None:
       raise ValueError("graph_attention: edge_mask is not supported with an edge_incidence (build "
                        "the incidence from the edges to keep)")
     if edges.num_in != n or edges.num_out > n:
-      raise ValueError(f"graph_attention: the edge_incidence is for {edges.num_in} source and "
-                       f"{edges.num_out} target nodes, h has {n} (targets are its first rows)")
+      raise ValueError(f"graph_attention: the edge_incidence is for {edges.num_in} sender and "
+                       f"{edges.num_out} receiver nodes, h has {n} (receivers are its first rows)")
   scores = edge_scores(h, edges, score=score, params=params, negative_slope=negative_slope)
   v = h if values is None else values  # [N, H, Fv]
   drop = dropout_rate != 0 and rng is not None
   if fixed:
-    alpha = segments.segment_softmax(scores, edges)  # [E, H]
+    alpha = segment_softmax(scores, edges)  # [E, H]
     dropped = dropout_weights(alpha, rng, dropout_rate, once=True) if drop else alpha
-    out = segments.gather_sum(v, dropped, edges)  # [N, H, Fv]
+    out = _segments.gather_sum(v, dropped, edges)  # [N, H, Fv]
     return (out, alpha) if return_weights else out
   alpha = segment_softmax(scores, edges[1], n, mask=edge_mask,
                           indices_are_sorted=indices_are_sorted)  # [E, H]
@@ -216,7 +225,7 @@ def dense_graph_attention(h: Array, adjacency: Array, *, score: str = "additive"
   """Dense-adjacency graph attention (O(N²) memory, for small graphs); same maths as the edge list.
 
   ``adjacency`` [N, N] bool, ``adjacency[i, j]`` = edge j → i; ``values`` [N, H, Fv] (default h).
-  Returns out [N, H, Fv] and, with ``return_weights``, α [H, N, N] (row i = target).
+  Returns out [N, H, Fv] and, with ``return_weights``, α [H, N, N] (row i = receiver).
   """
   s, fd, fs, p_axis = _node_features(score, params, h)  # fd, fs [N, H, A]
   edge = lambda p, a, b: s.edge(p, a[:, None, :], b[None, :, :], negative_slope=negative_slope)
@@ -225,62 +234,3 @@ def dense_graph_attention(h: Array, adjacency: Array, *, score: str = "additive"
   dropped = alpha if dropout_rate == 0 or rng is None else dropout_weights(alpha, rng, dropout_rate)
   out = jnp.einsum("hij,jhf->ihf", dropped, h if values is None else values)  # [N, H, Fv]
   return (out, alpha) if return_weights else out
-
-
-def with_self_loops(edges: Array, num_nodes: int) -> tuple[Array, Array]:
-  """Jit-friendly self loops: (edges [2, E + N], edge_mask [E + N]) with the existing self loops
-  masked out and one loop i → i appended per node (static shapes, unsorted)."""
-  edges = jnp.asarray(edges)
-  loops = jnp.arange(num_nodes, dtype=edges.dtype)
-  keep = edges[0] != edges[1]  # [E]
-  all_edges = jnp.concatenate([edges, jnp.stack([loops, loops])], axis=1)  # [2, E + N]
-  return all_edges, jnp.concatenate([keep, jnp.ones((num_nodes,), jnp.bool_)])
-
-
-def prepare_edges(edges, num_nodes: int, *, self_loops: bool = True,
-                  num_out: int | None = None) -> np.ndarray:
-  """Host-side preparation, once per graph (NumPy, not traceable): the fast path of the layer.
-
-  Drops duplicate edges and self loops, adds one self loop per target node if ``self_loops``, and
-  sorts by (target, source) so the segment ops can use ``indices_are_sorted=True``. Targets are the
-  first ``num_out`` nodes (default: all ``num_nodes``; fewer for a layer of a computation subgraph,
-  whose outputs are needed only there). Returns int32 [2, E'].
-  """
-  e = np.asarray(edges)
-  num_out = num_nodes if num_out is None else num_out
-  if e.ndim != 2 or e.shape[0] != 2:
-    raise ValueError(f"prepare_edges: edges must have shape [2, E] (source, target), got {e.shape}")
-  if not 0 <= num_out <= num_nodes:
-    raise ValueError(f"prepare_edges: num_out must lie in [0, num_nodes={num_nodes}], got {num_out}")
-  for row, what, n in ((0, "source", num_nodes), (1, "target", num_out)):
-    if e.shape[1] and (e[row].min() < 0 or e[row].max() >= n):
-      raise ValueError(f"prepare_edges: {what} ids must lie in [0, {n}), got range "
-                       f"[{e[row].min()}, {e[row].max()}]")
-  e = e[:, e[0] != e[1]]
-  if self_loops:
-    loops = np.arange(num_out)
-    e = np.concatenate([e, np.stack([loops, loops])], axis=1)
-  e = np.unique(e.astype(np.int64), axis=1)  # sorted by (source, target): re-sort by target
-  order = np.lexsort((e[0], e[1]))
-  return e[:, order].astype(np.int32)
-
-
-def layer_prefix(layer: int) -> str:
-  """The batch key prefix of message-passing layer ``layer``'s own edge incidence (a computation
-  subgraph serves one per layer, attnlab.data.graph; ``segments.from_arrays(batch, prefix)``)."""
-  return f"edge_lists/layer{layer}"
-
-
-def edge_incidence(edges, num_nodes: int, *, self_loops: bool = True,
-                   num_out: int | None = None) -> segments.Incidence:
-  """Host-side: the ``segments.Incidence`` of ``prepare_edges(edges, num_nodes, ...)`` (out =
-  target, in = source), the fast path of ``graph_attention`` for a fixed graph. With ``num_out``
-  the targets are the first ``num_out`` nodes and the layer outputs only those rows."""
-  e = prepare_edges(edges, num_nodes, self_loops=self_loops, num_out=num_out)
-  return segments.incidence(e[1], e[0], num_nodes if num_out is None else num_out, num_nodes)
-
-
-def edges_to_adjacency(edges, num_nodes: int) -> Array:
-  """Dense bool adjacency [N, N] with ``adjacency[i, j]`` = edge j → i (duplicates collapse)."""
-  edges = jnp.asarray(edges)
-  return jnp.zeros((num_nodes, num_nodes), jnp.bool_).at[edges[1], edges[0]].set(True)

@@ -12,17 +12,22 @@ differentiable w.r.t. the scores). ``hard_st`` is one-hot in the forward pass an
 of the relaxation softmax((log α + g)/temperature) in the backward pass.
 With ``deterministic=True`` both take j* = argmax_j α_ij (evaluation) and need no rng.
 A row whose weights are all zero (nothing to attend to) gives z_i = 0 and log_prob 0.
+
+``with_weight_dropout(target)`` returns a new ``Target`` that drops weights before calling
+``target`` (dropout on attention weights, Vaswani et al. 2017); pass it as ``attention(...,
+target=with_weight_dropout("soft"), target_kwargs={"dropout_rate": 0.1}, rng=key)``.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from attnlab import registry
-from attnlab.kernels import _dtypes
+from attnlab.kernels import _dropout, _dtypes
 from attnlab.kernels import normalizers as _normalizers
 
 Array = jax.Array
@@ -82,3 +87,37 @@ registry.register("target", "hard_st", Target(hard_st, stochastic=True))
 def get_target(name: str) -> Target:
   member = registry.get("target", name)
   return member if isinstance(member, Target) else Target(member)
+
+
+def resolve(target: str | Target) -> Target:
+  """A registered target's name, or a ``Target`` itself (e.g. from ``with_weight_dropout``)."""
+  return target if isinstance(target, Target) else get_target(target)
+
+
+@functools.lru_cache(maxsize=None)
+def _with_dropout(base: Target) -> Target:
+  def fn(weights, value, *, rng=None, deterministic=False, dropout_rate=0.0, **options):
+    if deterministic:
+      return base.fn(weights, value, rng=rng, deterministic=True, **options)
+    r_drop, r_target = jax.random.split(rng)
+    dropped = _dropout.dropout_weights(weights, r_drop, dropout_rate)  # [Lq, Lk]
+    if base.stochastic:
+      total = jnp.sum(dropped, axis=-1, keepdims=True)
+      dropped = dropped / jnp.where(total > 0, total, 1.0)
+    return base.fn(dropped, value, rng=r_target if base.stochastic else None,
+                   deterministic=False, **options)
+
+  return Target(fn, stochastic=True)
+
+
+def with_weight_dropout(target: str | Target) -> Target:
+  """``target`` preceded by dropout on its weights [Lq, Lk]; registers nothing.
+
+  The result is stochastic (needs ``rng`` unless ``deterministic``) and takes the option
+  ``dropout_rate``. Non-stochastic targets (``soft``) get inverted dropout (kept weights scaled by
+  1 / (1 − rate), so E[α̃] = α); stochastic ones (``hard``, ``hard_st``) get the kept weights
+  renormalised to sum to one, so the sample and its ``log_prob`` come from one distribution.
+  With ``deterministic=True`` it is the wrapped target. One ``Target`` per wrapped target (cached),
+  so passing it to the jitted ``attention`` compiles once.
+  """
+  return _with_dropout(resolve(target))

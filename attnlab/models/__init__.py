@@ -14,11 +14,11 @@ The model contract (every model keeps it; ``_common`` holds the helpers it names
 * Register: ``@register_model(name)`` on an ``nnx.Module`` class with a class attribute ``family``
   (one of ``attnlab.data.FAMILIES``; the runner pairs it with tasks of that family) and, for graph
   models, ``graph_attention = True``.
-* Receive: ``__init__(self, *, spec, rngs, attention, **options)``: ``spec`` the task's sizes
+* Receive: ``__init__(self, *, spec, rngs, attention, **kwargs)``: ``spec`` the task's sizes
   (check the keys you need with ``check_spec``), ``rngs`` ``nnx.Rngs(params, dropout=, attention=)``,
   ``attention`` the ``AttentionSpec`` to pass to every attention layer unchanged (refuse the fields
-  you cannot honour with ``attention.require``), options keyword-only with defaults (they are the
-  config's ``model.options``). Call ``reinforce_state(self, attention.target, entropy_bonus,
+  you cannot honour with ``attention.require``), kwargs keyword-only with defaults (they are the
+  config's ``model.kwargs``). Call ``reinforce_state(self, attention.target, entropy_bonus,
   baseline_decay)`` last, so a sampling target gets its REINFORCE baseline.
 * Return: ``model(batch, *, train) -> (logits, aux)``: ``batch`` in the family's format
   (``attnlab.data.base``), logits ``[B, C]`` (classifier), ``[B, Lt, V]`` (seq2seq, lm) or ``[N, C]``
@@ -55,10 +55,10 @@ def attention_maps(model: nnx.Module, batch: dict[str, Any], *, example: int = 0
   Runs ``model(batch[example:example+1], train=False)`` (the whole graph for node classifiers)
   with sowing on and returns NumPy arrays: ``[H, Lq, Lk]`` for sequence attention (a layer that
   attends several times, e.g. recurrent glimpses, has its calls concatenated along Lq); for graph
-  layers ``<path>/edges`` [2, E] (source, target; self loops included) and ``<path>/alpha`` [E, H].
+  layers ``<path>/edges`` [2, E] (sender, receiver; self loops included) and ``<path>/alpha`` [E, H].
   """
   if getattr(model, "family", None) != "node_classifier":
-    batch = {k: np.asarray(v)[example:example + 1] for k, v in batch.items()}
+    batch = jax.tree.map(lambda v: np.asarray(v)[example:example + 1], batch)
   graphdef, state = nnx.split(model)
 
   @jax.jit  # one compiled program, not one small compile per eager op

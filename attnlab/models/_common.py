@@ -1,10 +1,10 @@
-"""What every model shares: registration with option checking, the REINFORCE state, attention maps.
+"""What every model shares: registration with kwarg checking, the REINFORCE state, attention maps.
 
 * ``register_model(name)``: registers an ``nnx.Module`` class under kind ``model``. Its constructor
   takes ``spec`` (the task's), ``rngs``, ``attention`` (an ``AttentionSpec``: the whole attention
-  category, passed on unchanged) and its own options as keywords; an unknown option is a ValueError
-  that lists the valid options with their defaults (the constructor keeps its signature, so
-  ``attnlab.config.check_kwargs`` sees the options too). A model whose class sets
+  category, passed on unchanged) and its own kwargs (the config's ``model.kwargs``); an unknown one
+  is a ValueError that lists the valid kwargs with their defaults (the constructor keeps its
+  signature, so ``attnlab.config.check_kwargs`` sees them too). A model whose class sets
   ``graph_attention = True`` (GAT) takes graph specs only, the others sequence specs only.
 * ``Baseline``: the moving-average REINFORCE baseline, a non-Param ``nnx.Variable`` (it lives in
   the model's non-parameter state, is updated by ``attnlab.losses`` in training calls and never
@@ -47,7 +47,7 @@ class Baseline(nnx.Variable):
 
 
 def register_model(name: str) -> Callable[[type], type]:
-  """Class decorator: registers ``cls`` as model ``name`` and checks its options by name (the model
+  """Class decorator: registers ``cls`` as model ``name`` and checks its kwargs by name (the model
   contract: the ``attnlab.models`` docstring)."""
 
   def wrap(cls: type) -> type:
@@ -67,9 +67,9 @@ def register_model(name: str) -> Callable[[type], type]:
       unknown = sorted(set(kwargs) - set(valid) - set(fixed))
       if args or unknown:
         listing = ", ".join(f"{k}={v!r}" for k, v in valid.items())
-        what = (f"unknown option(s) {', '.join(map(repr, unknown))}" if unknown
-                else "options are keyword arguments")
-        raise ValueError(f"model {name!r}: {what}; valid options: {listing} (and attention=AttentionSpec)")
+        what = (f"unknown kwarg(s) {', '.join(map(repr, unknown))}" if unknown
+                else "kwargs are keyword arguments")
+        raise ValueError(f"model {name!r}: {what}; valid kwargs: {listing} (and attention=AttentionSpec)")
       attention = kwargs.get("attention")
       if not isinstance(attention, AttentionSpec):
         raise TypeError(f"model {name!r}: attention must be an attnlab.AttentionSpec (a config's "

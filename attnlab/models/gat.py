@@ -13,14 +13,12 @@ the undropped W h), as GAT's reference code does (its ``attn_head`` drops ``seq_
 input dropout rate; configs/cora_gat.py sets 0.6). The paper's Cora setting (configs/cora_gat.py):
 8 heads x 8 hidden, 1 output head, p = 0.6 for inputs and coefficients (PubMed: output_heads=8).
 
-Features come dense (``batch["features"]`` [N, F]) or sparse (``batch["feature_values"]`` [nnz]
-with ``batch["feature_lists/*"]`` or ``batch["feature_index"]`` [nnz, 2] (node, feature), e.g.
-``planetoid(sparse_features=True)``): the first projection and the input dropout then cost O(nnz)
-instead of O(N·F). The graph is ``batch["edge_lists/*"]`` (``kernels.edge_incidence``: the
-scatter-free fast path, as attnlab.data.graph serves it) or else ``batch["edges"]`` [2, E]; a
-computation subgraph (``subgraph_hops``) serves one incidence per layer,
-``batch["edge_lists/layer{0,1}/*"]``, each with only the target rows the next layer reads, so the
-logits cover the first rows (the split's nodes) only.
+The batch is ``{"graph": GraphBatch, "labels", "mask"}`` (attnlab.graph_batch): features dense
+[N, F] or a ``SparseMatrix`` (``planetoid(sparse_features=True)``: the first projection and the
+input dropout then cost O(nnz) instead of O(N·F)), and the incidence each layer runs on (the
+scatter-free fast path). A computation subgraph (``subgraph_hops``) has one incidence per layer,
+each with only the receiver rows the next layer reads, so the logits cover the first rows (the
+split's nodes) only.
 The spec's ``score`` is any registered graph score: additive (GAT), gatv2, dot, scaled_dot,
 general, uniform (mean over neighbours, a GCN-like reference).
 """
@@ -30,11 +28,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from jax.experimental import sparse
 
-from attnlab import kernels, modules
+from attnlab import modules
 from attnlab.attention_spec import AttentionSpec
-from attnlab.kernels import segments
+from attnlab.graph_batch import SparseMatrix
 from attnlab.models import _common
 
 
@@ -61,26 +58,16 @@ class GAT(nnx.Module):
     self.layer2 = modules.GraphAttention(width, spec["num_classes"], attention=output, **common)
 
   def __call__(self, batch: dict, *, train: bool) -> tuple[jax.Array, dict]:
-    layers = [segments.from_arrays(batch, kernels.layer_prefix(layer)) for layer in range(self.num_layers)]
-    if layers[0] is None:  # one graph for both layers: its incidence, or the plain edge list
-      edges = segments.from_arrays(batch, "edge_lists")  # self loops included
-      layers = [jnp.asarray(batch["edges"]) if edges is None else edges] * self.num_layers
+    graph = batch["graph"]
     det, sow = not train, _common.sow_enabled()
-    lists = segments.from_arrays(batch, "feature_lists")
-    if "feature_values" in batch:  # sparse features: dropout on the stored entries only
-      values = jnp.asarray(batch["feature_values"])  # [nnz]
-      if lists is not None:
-        x = kernels.SparseMatrix(values, lists)
-      else:
-        x = sparse.BCOO((values, jnp.asarray(batch["feature_index"])), indices_sorted=True,
-                        shape=(batch["labels"].shape[0], self.layer1.in_features), unique_indices=True)
-      if train and self.drop.rate > 0:
-        x = modules.sparse_dropout(x, self.drop.rate, self.drop.rngs())
+    drop = train and self.drop.rate > 0
+    if isinstance(graph.features, SparseMatrix):  # dropout on the stored entries only
+      x = modules.node_dropout(graph.features, self.drop.rate, self.drop.rngs()) if drop else graph.features
     else:
-      x = self.drop(jnp.asarray(batch["features"]), deterministic=det)  # [N, F]
-    h = self.layer1(x, layers[0], deterministic=det, sow_weights=sow)
+      x = self.drop(jnp.asarray(graph.features), deterministic=det)  # [N, F]
+    h = self.layer1(x, graph, layer=0, deterministic=det, sow_weights=sow)
     h = nnx.elu(h)  # [N1, H·hidden]  (N1 = N, or the rows the next layer reads)
-    if train and self.drop.rate > 0:  # the mask once, for the forward and backward gathers of h
-      h = kernels.dropout_weights(h, self.drop.rngs(), self.drop.rate, once=True)
-    logits = self.layer2(h, layers[1], deterministic=det, sow_weights=sow)  # [N2, C]
+    if drop:  # the mask once, for the forward and backward gathers of h
+      h = modules.node_dropout(h, self.drop.rate, self.drop.rngs())
+    logits = self.layer2(h, graph, layer=1, deterministic=det, sow_weights=sow)  # [N2, C]
     return logits, {}

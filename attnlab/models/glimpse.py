@@ -1,7 +1,7 @@
 """``glimpse``: a glimpse classifier that looks at image regions with a query, family ``classifier``.
 
 Regions are the task's sequence items: the 8x8 digits as 8 pixel rows, or p x p patches
-(``digits`` knob layout), or tokens. A query cross-attends over the regions (Show, Attend and
+(``digits`` kwarg layout), or tokens. A query cross-attends over the regions (Show, Attend and
 Tell's setting, Xu et al. 2015):
 
     regions [B, L, F] -> Dense + learned positions, LayerNorm            -> R [B, L, d]

@@ -98,8 +98,8 @@ class GruSeq2Seq(nnx.Module):
     _common.reinforce_state(self, attention.target, entropy_bonus, baseline_decay)
 
   def __call__(self, batch: dict, *, train: bool) -> tuple[jax.Array, dict]:
-    src, tgt = jnp.asarray(batch["inputs"]), jnp.asarray(batch["targets"])  # [B, Ls], [B, Lt]
-    dec = decoder_input(tgt)  # [B, Lt]
+    src, labels = jnp.asarray(batch["inputs"]), jnp.asarray(batch["labels"])  # [B, Ls], [B, Lt]
+    dec = decoder_input(labels)  # [B, Lt]
     valid = src != PAD  # [B, Ls]
     det = not train
     e = self.drop(self.embed(src), deterministic=det)  # [B, Ls, d]
@@ -129,4 +129,4 @@ class GruSeq2Seq(nnx.Module):
       self.attn.sow(nnx.Intermediate, "attention_weights", weights[:, None])  # [B, 1, Lt, Ls]
     o = jnp.tanh(self.out(jnp.concatenate([states, context], -1)))  # [B, Lt, d]
     logits = self.head(self.drop(o, deterministic=det))  # [B, Lt, V]
-    return logits, _common.hard_aux(aux, weights[:, None], query_mask=tgt != PAD)
+    return logits, _common.hard_aux(aux, weights[:, None], query_mask=labels != PAD)

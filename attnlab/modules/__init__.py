@@ -3,11 +3,11 @@
 * ``MultiHeadAttention``: drop-in for ``flax.nnx.MultiHeadAttention`` with the attention category
   as keywords (score / normalizer / target / head_mode / head_merge / num_kv_heads, ...) or as one
   ``attnlab.AttentionSpec`` (``attention=spec``).
-* ``GraphAttention``: the GAT layer (Veličković et al. 2018) over an edge list or dense adjacency;
-  its category likewise (a graph spec).
+* ``GraphAttention``: the GAT layer (Veličković et al. 2018) over a ``GraphBatch``, an edge list or
+  a dense adjacency; its category likewise (a graph spec).
 """
 
-from attnlab.modules.graph import GraphAttention, sparse_dropout
+from attnlab.modules.graph import GraphAttention, node_dropout
 from attnlab.modules.mha import MultiHeadAttention
 
-__all__ = ["GraphAttention", "MultiHeadAttention", "sparse_dropout"]
+__all__ = ["GraphAttention", "MultiHeadAttention", "node_dropout"]

@@ -24,10 +24,10 @@ layer honours its score (a ``graph_score``), num_heads, head_merge and dropout (
 what graph attention cannot do: normalizer other than softmax, target other than soft, split heads
 (GAT's heads are copy heads: head_mode="copy"), fewer kv heads, an impl other than auto.
 
-Graph input: an edge list ``edges`` [2, E] of (source, target) pairs, or a dense ``adjacency``
-[N, N] bool with ``adjacency[i, j]`` = edge j → i (small graphs). ``add_self_loops=True`` gives each
-node exactly one self loop. Fast path for a fixed graph: build ``kernels.prepare_edges(edges, N)``
-once (deduplicated, self loops added, sorted by target) and call with ``edges_prepared=True``.
+Graph input: a ``GraphBatch`` (attnlab.graph_batch: the scatter-free fast path for a fixed graph,
+self loops as built), an edge list ``edges`` [2, E] of (sender, receiver) pairs, or a dense
+``adjacency`` [N, N] bool with ``adjacency[i, j]`` = edge j → i (small graphs). With an edge list or
+adjacency ``add_self_loops=True`` gives each node exactly one self loop.
 """
 
 from __future__ import annotations
@@ -44,6 +44,8 @@ from jax.experimental import sparse
 
 from attnlab import kernels, validate
 from attnlab.attention_spec import AttentionSpec, SpecError
+from attnlab.graph_batch import GraphBatch, Incidence, SparseMatrix
+from attnlab.kernels import _dropout, _edges, _segments
 
 Array = jax.Array
 _NAME = "GraphAttention"
@@ -97,29 +99,32 @@ class GraphAttention(nnx.Module):
   def _drops(self) -> bool:
     return self.dropout_rate > 0 or self.value_dropout_rate > 0
 
-  def __call__(self, x: Array, edges: Array | None = None, *, adjacency: Array | None = None,
-               edges_prepared: bool = False, deterministic: bool | None = None, rngs: Any = None,
-               return_weights: bool = False, sow_weights: bool = False):
+  def __call__(self, x: Array, edges: Array | GraphBatch | Incidence | None = None, *,
+               adjacency: Array | None = None, layer: int = 0, edges_prepared: bool = False,
+               deterministic: bool | None = None, rngs: Any = None, return_weights: bool = False,
+               sow_weights: bool = False):
     """Node features x [N, F_in] (dense, a ``jax.experimental.sparse.BCOO`` or a
-    ``kernels.SparseMatrix``) -> [N, H·F'] (concat) or [N, F'] (mean).
+    ``SparseMatrix``) -> [N, H·F'] (concat) or [N, F'] (mean).
 
-    Exactly one of ``edges`` [2, E] (source, target) or ``adjacency`` [N, N] must be given;
-    ``edges`` may also be a ``kernels.edge_incidence`` of a fixed graph (the fast path: used as
-    given, self loops as built, no scatters); one built with ``num_out`` (a layer of a computation
-    subgraph) gives outputs for the first ``num_out`` nodes only, [num_out, ...].
-    ``edges_prepared``: ``edges`` come from ``kernels.prepare_edges`` (self loops already as the
-    layer wants them, sorted by target); the layer then uses them as they are.
-    With ``return_weights`` also returns the attention weights: for an edge list a dict
+    Exactly one of ``edges`` or ``adjacency`` [N, N] must be given. ``edges``: a ``GraphBatch``
+    (its incidence for message-passing layer ``layer``), that ``Incidence`` itself, or an edge
+    list [2, E] (sender, receiver). An incidence is used as given (self loops as built, no
+    scatters); one with ``num_out`` receivers (a layer of a computation subgraph) gives outputs for
+    the first ``num_out`` nodes only, [num_out, ...]. ``edges_prepared``: the edge list comes from
+    ``kernels._edges.prepare_edges`` (self loops as wanted, sorted by receiver) and is used as is.
+    With ``return_weights`` also returns the attention weights: for edges a dict
     ``{"edges": [2, E'], "alpha": [E', H]}`` (the edges actually used, self loops included), for
     an adjacency α [H, N, N]. ``sow_weights`` sows the same into ``nnx.Intermediate``.
     """
     if (edges is None) == (adjacency is None):
-      raise ValueError(f"{_NAME}: pass exactly one of edges [2, E] or adjacency [N, N]")
+      raise ValueError(f"{_NAME}: pass exactly one of edges (a GraphBatch or [2, E]) or adjacency [N, N]")
+    if isinstance(edges, GraphBatch):
+      edges = edges.layer(layer)
     if x.ndim != 2 or x.shape[-1] != self.in_features:
       raise ValueError(f"{_NAME}: x must have shape [num_nodes, {self.in_features}], got {x.shape}")
     n, heads, f = x.shape[0], self.num_heads, self.out_features
-    if isinstance(x, kernels.SparseMatrix):  # sparse bag-of-words features (Cora): O(nnz), no scatter
-      h = kernels.segments.matmul(x, self.kernel[...].reshape(self.in_features, heads * f))
+    if isinstance(x, SparseMatrix):  # sparse bag-of-words features (Cora): O(nnz), no scatter
+      h = _segments.matmul(x, self.kernel[...].reshape(self.in_features, heads * f))
       h = h.reshape(n, heads, f)  # [N, H, F']
     elif isinstance(x, sparse.BCOO):  # nnz-cost matmul
       h = (x @ self.kernel[...].reshape(self.in_features, heads * f)).reshape(n, heads, f)
@@ -131,8 +136,8 @@ class GraphAttention(nnx.Module):
     values = None
     if rng is not None and self.value_dropout_rate > 0:
       rng, v_rng = jax.random.split(rng) if self.dropout_rate > 0 else (None, rng)
-      values = kernels.dropout_weights(h, v_rng, self.value_dropout_rate,  # [N, H, F'], gathered
-                                       once=True)                        # per edge: once
+      values = _dropout.dropout_weights(h, v_rng, self.value_dropout_rate,  # [N, H, F'], gathered
+                                        once=True)                        # per edge: once
     common = dict(score=self.score, params=params, negative_slope=self.negative_slope,
                   dropout_rate=self.dropout_rate if rng is not None else 0.0, rng=rng,
                   return_weights=True, values=values)
@@ -145,16 +150,16 @@ class GraphAttention(nnx.Module):
         adjacency = adjacency | jnp.eye(n, dtype=jnp.bool_)
       out, alpha = kernels.dense_graph_attention(h, adjacency, **common)  # [N, H, F'], [H, N, N]
       weights = alpha
-    elif isinstance(edges, kernels.Incidence):
+    elif isinstance(edges, Incidence):
       out, alpha = kernels.graph_attention(h, edges, **common)
       weights = {"edges": jnp.stack([edges.in_index, edges.out_index]), "alpha": alpha}
     else:
       edges = jnp.asarray(edges)
       if edges.ndim != 2 or edges.shape[0] != 2:
-        raise ValueError(f"{_NAME}: edges must have shape [2, E] (source, target), got {edges.shape}")
+        raise ValueError(f"{_NAME}: edges must have shape [2, E] (sender, receiver), got {edges.shape}")
       edge_mask = None
       if self.add_self_loops and not edges_prepared:
-        edges, edge_mask = kernels.with_self_loops(edges, n)
+        edges, edge_mask = _edges.with_self_loops(edges, n)
       out, alpha = kernels.graph_attention(h, edges, edge_mask=edge_mask,
                                            indices_are_sorted=edges_prepared, **common)
       weights = {"edges": edges, "alpha": alpha}
@@ -202,14 +207,19 @@ def _check_spec_form(attention: Any, num_heads: Any, score: str, head_merge: str
                     num_kv_heads=(None, attention.num_heads), impl=("auto",))
 
 
-def sparse_dropout(x: sparse.BCOO | kernels.SparseMatrix, rate: float, rng: Array):
-  """Inverted dropout on the stored entries of a sparse feature matrix (GAT's input dropout at
-  nnz cost: the implicit zeros stay zero either way)."""
+def node_dropout(x: Array | sparse.BCOO | SparseMatrix, rate: float, rng: Array):
+  """Inverted dropout of node features or hidden states read by gathers, computed once into memory.
+
+  Sparse features (``SparseMatrix`` or ``BCOO``) drop their stored entries only (GAT's input
+  dropout at nnz cost: the implicit zeros stay zero either way).
+  """
   if rate == 0:
     return x
-  data = x.values if isinstance(x, kernels.SparseMatrix) else x.data
-  keep = kernels.materialize(jax.random.bernoulli(rng, 1.0 - rate, data.shape))  # read by gathers
+  if not isinstance(x, (sparse.BCOO, SparseMatrix)):
+    return _dropout.dropout_weights(x, rng, rate, once=True)
+  data = x.values if isinstance(x, SparseMatrix) else x.data
+  keep = _dropout.materialize(jax.random.bernoulli(rng, 1.0 - rate, data.shape))  # read by gathers
   data = jnp.where(keep, data / (1.0 - rate), 0.0)
-  if isinstance(x, kernels.SparseMatrix):
-    return kernels.SparseMatrix(kernels.materialize(data), x.incidence)
+  if isinstance(x, SparseMatrix):
+    return SparseMatrix(_dropout.materialize(data), x.incidence)
   return sparse.BCOO((data, x.indices), shape=x.shape)

@@ -53,7 +53,6 @@ from flax.nnx.nn.linear import LinearGeneral, default_kernel_init
 
 from attnlab import kernels, validate
 from attnlab.attention_spec import AttentionSpec, SpecError
-from attnlab.kernels import dropout as _dropout
 
 Array = jax.Array
 _NAME = "MultiHeadAttention"
@@ -246,7 +245,7 @@ class MultiHeadAttention(nnx.Module):
     rng = self._rng(rngs, use_dropout, sample)
     target, target_kwargs = self.target, dict(self.attention.target_kwargs)
     if use_dropout:
-      target = _dropout.with_weight_dropout(self.target)
+      target = kernels.with_weight_dropout(self.target)
       target_kwargs["dropout_rate"] = self.dropout_rate
 
     batch, lq, lk = query.shape[:-3], query.shape[-3], key.shape[-3]

@@ -17,8 +17,8 @@ def get_config(arg=None):
   c.overrides = {"train": {"steps": 20 if tiny else 150, "eval_every": 10 if tiny else 50,
                            "checkpoint_every": 0}}
   if tiny:
-    c.overrides.task = {"knobs": {"eval_size": 64}}
-    c.overrides.model = {"options": {"d_model": 16, "num_layers": 1}}
+    c.overrides.task = {"kwargs": {"eval_size": 64}}
+    c.overrides.model = {"kwargs": {"d_model": 16, "num_layers": 1}}
   c.grids = [
       {"group": "score", "config": "assoc_recall", "axes": {"model.attention.score": ["dot", "additive"]}},
       {"group": "graph", "config": "karate", "axes": {"model.attention.score": ["additive", "uniform"]}},

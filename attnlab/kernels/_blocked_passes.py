@@ -30,7 +30,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from attnlab.kernels import fastmath, scores
+from attnlab.kernels import _fastmath as fastmath, scores
 
 Array = jax.Array
 

@@ -8,8 +8,8 @@ docs/performance.md, "Fusible PRNG"). The bits pass an optimisation barrier, a r
 materialise them once rather than recompute the hash inside a consumer that broadcasts them.
 XLA:CPU drops barriers before it fuses (pass ``cse_barrier_expander``), so there the hash may still
 be fused into such a consumer.
-Where a mask is read by gathers, the caller asks for it explicitly: ``kernels.dropout_weights(...,
-once=True)`` (``kernels.materialize``, a two-element scatter XLA does not fuse through),
+Where a mask is read by gathers, the caller asks for it explicitly: ``kernels._dropout.dropout_weights(...,
+once=True)`` (``materialize``, a two-element scatter XLA does not fuse through),
 as the graph attention layers do.
 
 Keys made with ``key(seed)`` give exactly the bits, splits and fold-ins of ``jax.random.key(seed)``
@@ -17,7 +17,7 @@ under JAX's default ``jax_threefry_partitionable=True`` (tests/test_prng.py chec
 jax.random for many shapes and widths); with that flag off, or above 2**32 values per call, the
 bits come from JAX's own implementation, so results never depend on which key type a run used.
 
-    from attnlab import prng
+    from attnlab import _prng as prng
     key = prng.key(0)                                  # a typed key, use it as any jax key
     mask = jax.random.bernoulli(key, 0.4, (2708, 64))  # == jax.random.bernoulli(jax.random.key(0), ...)
 """

@@ -29,8 +29,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from attnlab.kernels import blocked_passes as passes
-from attnlab.kernels.blocked_passes import Plan, cdiv, pad_to
+from attnlab.kernels import _blocked_passes as passes
+from attnlab.kernels._blocked_passes import Plan, cdiv, pad_to
 
 Array = jax.Array
 

@@ -1,13 +1,13 @@
 """Scatter-free segment sums over a fixed incidence (graph edges, sparse-matrix entries).
 
 An ``Incidence`` holds L entries e, each linking an *out* row ``out_index[e]`` to an *in* row
-``in_index[e]``: the edges j → i of a graph (out = target i, in = source j) or the stored entries
+``in_index[e]``: the edges j → i of a graph (out = receiver i, in = sender j) or the stored entries
 of a sparse matrix (out = row, in = column). Built once on the host (NumPy), it lists every row's
 entries in chunks of fixed width, so that all per-row sums are gathers plus adds:
 
     gather_sum(table, w, inc)[o] = Σ_{e: out_index[e] = o} w[e] · table[in_index[e]]   # [n_out, ...]
     segment_sum(x, inc)[o]       = Σ_{e: out_index[e] = o} x[e]
-    segment_softmax(s, inc)[e]   = softmax of s over the entries sharing e's out row
+    softmax(s, inc)[e]           = softmax of s over the entries sharing e's out row
     take(x, inc, "out" | "in")   = x[out_index] | x[in_index]                      # [L, ...]
 
 Each has a hand-written reverse rule that is another of them on the opposite grouping (the
@@ -22,7 +22,7 @@ chunks after the first ``n`` chunks, added in by one scatter over the overflow c
 slots point at entry L, a padding entry holding the neutral value. There is always at least one
 overflow chunk (an empty one if no row needs it): its scatter makes XLA:CPU write the sum to
 memory once, instead of fusing the chain of gathers into every consumer and recomputing it there
-(``lax.optimization_barrier`` does not stop that on XLA:CPU, see attnlab/prng.py).
+(``lax.optimization_barrier`` does not stop that on XLA:CPU, see attnlab/_prng.py).
 """
 
 from __future__ import annotations
@@ -115,18 +115,6 @@ def incidence(out_index, in_index, num_out: int, num_in: int, *,
   return Incidence(*by_out, *by_in, out_index.astype(np.int32), in_index.astype(np.int32))
 
 
-def to_arrays(inc: Incidence, prefix: str) -> dict[str, np.ndarray]:
-  """Flat ``{prefix/field: array}`` for a batch dict; ``from_arrays`` reads it back."""
-  return {f"{prefix}/{k}": np.asarray(v) for k, v in inc._asdict().items()}
-
-
-def from_arrays(batch: dict, prefix: str) -> Incidence | None:
-  """The ``Incidence`` stored by ``to_arrays`` under ``prefix``, or None if the batch has none."""
-  if f"{prefix}/out_slot" not in batch:
-    return None
-  return Incidence(*(jnp.asarray(batch[f"{prefix}/{k}"]) for k in Incidence._fields))
-
-
 def _check_side(side: str) -> None:
   if side not in SIDES:
     raise ValueError(f"side must be one of {SIDES}, got {side!r}")
@@ -215,7 +203,7 @@ def segment_max(x: Array, inc: Incidence, side: str = "out") -> Array:
   return _reduce(x, inc, side, "max")
 
 
-def segment_softmax(scores: Array, inc: Incidence) -> Array:
+def softmax(scores: Array, inc: Incidence) -> Array:
   """scores [L, ...] -> α [L, ...]: softmax over the entries sharing an out row (in float32 at
   least; α has the scores' dtype)."""
   _check_rows("segment_softmax", "scores", scores, inc.out_index.shape[0], "one per entry")
