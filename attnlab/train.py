@@ -40,6 +40,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from attnlab import checkpoints, models, parallel, prng, registry, results, runlock, sparsity, steps, tuning
 from attnlab import config as config_lib
@@ -270,9 +271,9 @@ def _finish(config: ml_collections.ConfigDict, workdir: pathlib.Path, prog: step
                                     family=task.family)
     result["attention_sparsity"] = [float(z) if st == results.STATUS_OK and np.isfinite(z) else None
                                     for z, st in zip(zeros, result["status"])]
+  if config.train.attention_maps:  # every process: the arrays are gathered (multi-host)
+    _save_attention(prog, final_params, final_rest, task, data, workdir, first)
   if is_primary():
-    if config.train.attention_maps:
-      _save_attention(prog, final_params, final_rest, task, data, workdir, first)
     results.atomic_write_json(workdir / "result.json", result)
   return result
 
@@ -290,12 +291,27 @@ def format_result(result: dict[str, Any]) -> str:
   return "\n".join(lines + tuning.summary_lines(result))
 
 
+def _host_copy(x: Any) -> Any:
+  """This process's copy of a global array: its local replica, else gathered from all processes."""
+  if not isinstance(x, jax.Array):
+    return x
+  if x.is_fully_replicated:
+    return x.addressable_data(0)
+  return multihost_utils.process_allgather(x, tiled=True)
+
+
 def _save_attention(prog: steps.Programs, params: Any, rest: Any, task: Any, data: RunData,
                     workdir: pathlib.Path, member: int) -> None:
   """Attention weights of the first val example of the first seed of ``member``'s rate (that
-  member) -> attention.npz (if the model sows them)."""
-  one = jax.jit(lambda t, i: jax.tree.map(lambda x: x[i], t))((params, rest), member)  # one compile
-  batch = {k: np.asarray(v)[0] for k, v in data.eval["val"].items()}
+  member) -> attention.npz (if the model sows them), written by process 0. Called by every process:
+  with several, the arrays span all hosts and are first gathered (a collective)."""
+  tree, val = (params, rest), data.eval["val"]
+  if jax.process_count() > 1:
+    tree, val = jax.tree.map(_host_copy, (tree, val))
+  if not is_primary():
+    return
+  one = jax.jit(lambda t, i: jax.tree.map(lambda x: x[i], t))(tree, member)  # one compile
+  batch = {k: np.asarray(v)[0] for k, v in val.items()}
   if not data.eval_shared:
     batch = {k: v[0] for k, v in batch.items()}
   maps = models.attention_maps(nnx.merge(prog.graphdef, *one, copy=True), batch)
