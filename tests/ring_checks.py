@@ -176,6 +176,23 @@ def check_layer():
   _close(got, want, 2e-5, 1e-4, "layer output")
 
 
+def check_data_and_seq_mesh():
+  """Under a 2 x 2 mesh (data, seq), the batch sharded over data: ring still equals dense."""
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec  # pylint: disable=g-import-not-at-top
+  mesh = Mesh(np.asarray(jax.devices()).reshape(2, 2), ("data", ring.SEQ_AXIS))
+  q, k, v, _, cot = _data(21, 21, None, seed=4)
+  call = lambda impl: (lambda q, k, v, p: kernels.attention(q, k, v, causal=True, impl=impl,
+                                                            block_size=BLOCK))
+  want = jax.jit(lambda *a: _out_and_grads(call("dense"), *a), compiler_options=FAST_COMPILE)(
+      q, k, v, None, cot)
+  with jax.set_mesh(mesh):
+    put = lambda x: jax.device_put(x, NamedSharding(mesh, PartitionSpec("data")))
+    got = jax.jit(lambda *a: _out_and_grads(call("ring"), *a), compiler_options=FAST_COMPILE)(
+        put(q), put(k), put(v), None, put(cot))
+  _close(got[0], want[0], 2e-5, 1e-4, "output")
+  _close(got[1], want[1], 1e-4, 1e-3, "gradient")
+
+
 def _run(fn, *args, **kwargs):
   try:
     fn(*args, **kwargs)
@@ -198,6 +215,7 @@ def group_memory(checks, numbers):
   checks["mutation/wrong_direction_fails"] = _run(_mutant_fails, {"_shift": -1})
   checks["mutation/skipped_step_fails"] = _run(_mutant_fails, {"_steps": P - 1})
   checks["layer/mha_ring_equals_dense"] = _run(check_layer)
+  checks["mesh/data_and_seq"] = _run(check_data_and_seq_mesh)
 
 
 def main():

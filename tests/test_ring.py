@@ -40,11 +40,12 @@ def test_ring_equals_dense_for_every_score():
 
 def test_ring_memory_mutations_and_layer():
   """Compiled per-device temp memory is linear in L and ≤ 1/P of dense's; a ring rotated the wrong
-  way or missing a step fails the equality check; MultiHeadAttention(impl="ring") under a mesh."""
+  way or missing a step fails the equality check; MultiHeadAttention(impl="ring") under a mesh; a
+  2-D (data, seq) mesh with the batch sharded over data."""
   checks, numbers = _checks("memory")
   assert set(checks) == {"memory/linear_and_below_dense_over_P", "mutation/unmutated_hook_passes",
                          "mutation/wrong_direction_fails", "mutation/skipped_step_fails",
-                         "layer/mha_ring_equals_dense"}
+                         "layer/mha_ring_equals_dense", "mesh/data_and_seq"}
   failed = {name: err for name, err in checks.items() if err is not None}
   assert not failed, "\n".join(f"{k}: {v}" for k, v in failed.items())
   assert numbers["temp_growth_4x_length"]["ring"] < 6

@@ -278,5 +278,6 @@ def attend_ring(q: Array, k: Array, v: Array, mask: Array | None, *, score: Any,
   def body(params, bias, q, k, v, *rest):
     return core(params, q, k, v, rest[0] if rest else None, bias)
 
-  out = jax.shard_map(body, mesh=mesh, in_specs=tuple(specs), out_specs=seq, check_vma=False)(*args)
+  out = jax.shard_map(body, mesh=mesh, in_specs=tuple(specs), out_specs=seq, axis_names={axis},
+                      check_vma=False)(*args)  # manual over the ring axis only: others stay automatic
   return _unstripe(out, 1, p)[:, :lq]
