@@ -16,6 +16,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 AXIS = "data"
+SEQ_AXIS = "seq"  # attnlab.kernels.ring.SEQ_AXIS
 
 
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
@@ -34,10 +35,13 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
                              shutdown_timeout_seconds=max(timeout_s, 10))
 
 
-def make_mesh(devices: list[Any] | None = None) -> Mesh:
-  """A 1-D mesh over ``devices`` (default: all devices of all hosts)."""
-  devices = jax.devices() if devices is None else devices
-  return Mesh(np.asarray(devices), (AXIS,))
+def make_mesh(devices: list[Any] | None = None, sequence: bool = False) -> Mesh:
+  """A 1-D mesh over ``devices`` (default: all devices of all hosts); with ``sequence`` a [1, n]
+  mesh (``AXIS``, ``SEQ_AXIS``) whose devices split the sequence (ring attention), not the batch."""
+  devices = np.asarray(jax.devices() if devices is None else devices)
+  if sequence:
+    return Mesh(devices.reshape(1, devices.size), (AXIS, SEQ_AXIS))
+  return Mesh(devices, (AXIS,))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

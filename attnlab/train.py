@@ -21,7 +21,8 @@ Finishing is idempotent: the final checkpoint (reused if it exists), attention.n
 result.json (the mark of a finished run) are each written whole, so a run interrupted anywhere is
 finished by running it again, to the same result.
 
-The batch is sharded over all devices (attnlab.parallel); the persistent JAX compilation cache is
+The batch is sharded over all devices (attnlab.parallel), or with ``model.attention.impl=ring`` the
+sequence is (a [1, n] mesh with axes data, seq: attnlab.kernels.ring); the persistent JAX compilation cache is
 on unless ``ATTNLAB_CACHE_DIR=off`` (default ``~/.cache/attnlab/jax``).
 """
 
@@ -147,7 +148,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if done is not None:
       logging.info("%s: already finished, result.json kept", workdir)
       return done
-    return _train(config, workdir)
+    ring = config.model.attention.impl == "ring"  # the sequence split over the devices
+    with jax.set_mesh(parallel.make_mesh(sequence=True)) if ring else contextlib.nullcontext():
+      return _train(config, workdir)
 
 
 def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str, Any]:
@@ -156,7 +159,7 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str
   cls = model_class(config, task)
   seeds = list(config.train.seeds)
   total, every = config.train.steps, config.train.eval_every
-  mesh = parallel.make_mesh()
+  mesh = parallel.make_mesh(sequence=config.model.attention.impl == "ring")
   data = RunData(task, config, seeds, mesh)
   prog, keys, rates = programs(config, task, cls, data)
   params, rest, opt_state = prog.init(keys, rates)

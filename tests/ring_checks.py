@@ -4,7 +4,8 @@ XLA_FLAGS must give the host platform 4 devices before jax is imported, which a 
 already imported) cannot do. ``python tests/ring_checks.py GROUP`` prints one JSON line
 ``{"checks": {name: null | error}, "numbers": {...}}``; GROUP is ``equal`` (ring vs the
 single-device dense path, outputs and gradients, every registered score) or ``memory`` (compiled
-per-device memory, a wrong ring caught, the layer under a mesh, the config route).
+per-device memory, a wrong ring caught, the layer under a mesh, the lm trained from a config with
+model.attention.impl=ring).
 
 Tolerances are the blocked path's (tests/test_blocked.py): outputs 2e-5 + 1e-4·|dense|, gradients
 1e-4 + 1e-3·|dense| relative to the gradient's largest entry.
@@ -193,6 +194,30 @@ def check_data_and_seq_mesh():
   _close(got[1], want[1], 1e-4, 1e-3, "gradient")
 
 
+def check_lm_training(numbers):
+  """The lm model trained with model.attention.impl=ring (the sequence split over the 4 devices)
+  logs the same losses as with impl=blocked (data-parallel over the same devices)."""
+  import tempfile  # pylint: disable=g-import-not-at-top
+  from attnlab import config as config_lib, train  # pylint: disable=g-import-not-at-top
+  logs = {}
+  for impl in ("blocked", "ring"):
+    c = config_lib.load_file("configs/shakespeare.py")
+    c.unlock()
+    c.task.knobs.update(seq_len=64, eval_size=8)
+    c.model.options.update(d_model=16, num_layers=1)
+    c.model.attention.update(num_heads=2, impl=impl)
+    c.optim.warmup_steps = 0
+    c.train.update(steps=4, eval_every=2, batch_size=4, eval_batch_size=8, attention_maps=False)
+    workdir = tempfile.mkdtemp(prefix=f"ring_checks_lm_{impl}_")
+    train.train_and_evaluate(c, workdir)
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+      logs[impl] = [(m["step"], m["split"], m["loss"][0]) for m in map(json.loads, f)]
+  numbers["lm_losses"] = logs
+  assert [x[:2] for x in logs["ring"]] == [x[:2] for x in logs["blocked"]]
+  assert len(logs["ring"]) == 6
+  np.testing.assert_allclose([x[2] for x in logs["ring"]], [x[2] for x in logs["blocked"]], rtol=1e-5)
+
+
 def _run(fn, *args, **kwargs):
   try:
     fn(*args, **kwargs)
@@ -216,6 +241,7 @@ def group_memory(checks, numbers):
   checks["mutation/skipped_step_fails"] = _run(_mutant_fails, {"_steps": P - 1})
   checks["layer/mha_ring_equals_dense"] = _run(check_layer)
   checks["mesh/data_and_seq"] = _run(check_data_and_seq_mesh)
+  checks["lm/ring_losses_equal_blocked"] = _run(check_lm_training, numbers)
 
 
 def main():

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from attnlab import kernels
+from attnlab import config as config_lib, kernels
 
 HERE = pathlib.Path(__file__).resolve().parent
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "ATTNLAB_TEST_JAX_CACHE": jax.config.jax_compilation_cache_dir,
@@ -41,14 +41,26 @@ def test_ring_equals_dense_for_every_score():
 def test_ring_memory_mutations_and_layer():
   """Compiled per-device temp memory is linear in L and ≤ 1/P of dense's; a ring rotated the wrong
   way or missing a step fails the equality check; MultiHeadAttention(impl="ring") under a mesh; a
-  2-D (data, seq) mesh with the batch sharded over data."""
+  2-D (data, seq) mesh with the batch sharded over data; the lm trained with impl=ring from a config
+  logs the same losses as with impl=blocked."""
   checks, numbers = _checks("memory")
   assert set(checks) == {"memory/linear_and_below_dense_over_P", "mutation/unmutated_hook_passes",
                          "mutation/wrong_direction_fails", "mutation/skipped_step_fails",
-                         "layer/mha_ring_equals_dense", "mesh/data_and_seq"}
+                         "layer/mha_ring_equals_dense", "mesh/data_and_seq",
+                         "lm/ring_losses_equal_blocked"}
   failed = {name: err for name, err in checks.items() if err is not None}
   assert not failed, "\n".join(f"{k}: {v}" for k, v in failed.items())
   assert numbers["temp_growth_4x_length"]["ring"] < 6
+
+
+def test_ring_config_refuses_attention_maps():
+  c = config_lib.load_file("configs/shakespeare.py")
+  c.unlock()
+  c.model.attention.impl = "ring"
+  with pytest.raises(ValueError, match=r"impl='ring'.*train.attention_maps must be False"):
+    config_lib.validate(c)
+  c.train.attention_maps = False
+  config_lib.validate(c)
 
 
 def test_ring_refusals():

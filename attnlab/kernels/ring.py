@@ -35,13 +35,14 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
+from attnlab import parallel
 from attnlab.kernels import blocked
 from attnlab.kernels import blocked_passes as passes
 from attnlab.kernels.blocked_passes import cdiv, pad_to
 
 Array = jax.Array
 
-SEQ_AXIS = "seq"
+SEQ_AXIS = parallel.SEQ_AXIS  # "seq"
 KINDS = blocked.KINDS
 
 
