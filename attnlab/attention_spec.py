@@ -11,7 +11,7 @@
 | ``head_mode``, ``head_merge`` | split, concat | split or copy heads (Vaswani / GAT); concat or mean merge |
 | ``num_heads``, ``num_kv_heads`` | 1, None | query heads; key/value heads (GQA/MQA; None = num_heads) |
 | ``dropout`` | 0.0 | dropout on the attention weights while training |
-| ``impl`` | auto | the kernel's implementation: auto, dense or blocked (attnlab.kernels.attention) |
+| ``impl`` | auto | the kernel's implementation: auto, dense, blocked or ring (attnlab.kernels.attention) |
 | ``graph`` | False | graph attention (GraphAttention, GAT): ``score`` is a registered ``graph_score`` |
 
 A member's options are the keyword arguments of its kernel function: additive's and concat's

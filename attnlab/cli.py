@@ -29,11 +29,13 @@ from ml_collections import config_flags
 _COMMANDS = {
     "train": ("attnlab train --config=configs/TASK.py[:arg] --workdir=DIR [--config.KEY=VALUE ...]",
               "Trains one config (its seeds vmapped together); resumes from DIR's checkpoints.",
-              ("config", "workdir", "distributed", "verbosity")),
+              ("config", "workdir", "distributed", "coordinator_address", "num_processes", "process_id",
+               "distributed_timeout", "verbosity")),
     "sweep": ("attnlab sweep [--config=configs/sweeps/NAME.py] --workdir=DIR [--shard=i/n] [--jobs=N]",
               "Runs every (run, seed) of a sweep not yet in DIR/results.jsonl, then writes the report "
               "(default sweep: configs/sweeps/categories.py).",
-              ("config", "workdir", "shard", "jobs", "progress", "plots", "distributed", "verbosity")),
+              ("config", "workdir", "shard", "jobs", "progress", "plots", "distributed",
+               "coordinator_address", "num_processes", "process_id", "distributed_timeout", "verbosity")),
     "report": ("attnlab report DIR [--metric=accuracy] [--split=test] [--noplots]",
                "Writes DIR/report.md (mean ± 95% CI over seeds) and DIR/plots/ from DIR/results.jsonl.",
                ("metric", "split", "plots")),
@@ -62,6 +64,14 @@ _SPLIT = flags.DEFINE_string("split", "test", "report: the split compared (val o
 _PLOTS = flags.DEFINE_bool("plots", True, "report (and sweep's final report): write plots.")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "train/sweep: call jax.distributed.initialize() "
                                  "first (multi-host: run the same command on every host).")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "with --distributed: HOST:PORT of process "
+                                   "0 (default: from the cluster, e.g. SLURM, or $JAX_COORDINATOR_ADDRESS).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "with --distributed: number of processes "
+                                      "(default: from the cluster).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "with --distributed: this process's id, 0 writes "
+                                   "the files (default: from the cluster).")
+_DIST_TIMEOUT = flags.DEFINE_integer("distributed_timeout", 100, "with --distributed: seconds without a "
+                                     "heartbeat after which a process is taken as dead and the others stop.")
 _ALLOW_UNVERIFIED = flags.DEFINE_bool("allow_unverified", False, "download: accept files that have no "
                                       "known sha256 in attnlab (ind.pubmed.allx) unchecked.")
 _BASE_URL = flags.DEFINE_string("base_url", None, "download: fetch from this mirror of the Planetoid "
@@ -101,8 +111,8 @@ def main(argv: list[str]) -> None:
     if not _WORKDIR.value:
       raise UsageError(f"{command} needs --workdir=DIR\n{_USAGE}")
     if _DISTRIBUTED.value:
-      import jax  # pylint: disable=g-import-not-at-top
-      jax.distributed.initialize()
+      from attnlab import parallel  # pylint: disable=g-import-not-at-top
+      parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _DIST_TIMEOUT.value)
     if command == "train":
       if _CONFIG.value is None:
         raise UsageError(f"train needs --config=configs/TASK.py\n{_USAGE}")
@@ -282,6 +292,21 @@ def _main(argv: list[str]) -> None:
     if os.environ.get("ATTNLAB_TRACEBACK"):
       raise
     _die(f"{_message(e)} (ATTNLAB_TRACEBACK=1 shows the traceback)")
+  except Exception as e:  # pylint: disable=broad-except  (a multi-host run that lost a process)
+    if not _DISTRIBUTED.value or os.environ.get("ATTNLAB_TRACEBACK"):
+      raise
+    _die_distributed(e)
+
+
+def _die_distributed(e: BaseException) -> None:
+  """Stops this process of a failed multi-host run at once: jax.distributed's shutdown at exit would
+  wait in a barrier for the lost process, then abort."""
+  import jax  # pylint: disable=g-import-not-at-top
+  print(f"attnlab: error: process {jax.process_index()} of {jax.process_count()}: the distributed run "
+        f"failed, most likely because another process died or lost contact: {type(e).__name__}: "
+        f"{str(e)[:500]}", file=sys.stderr, flush=True)
+  sys.stdout.flush()
+  os._exit(3)  # pylint: disable=protected-access
 
 
 def run() -> None:

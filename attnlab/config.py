@@ -182,7 +182,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError("config: task.name is empty; set it to a registered task (`attnlab list`)")
   if not config.model.name:
     raise ValueError("config: model.name is empty; set it to a registered model (`attnlab list`)")
-  attention_spec(config)
+  if attention_spec(config).impl == "ring" and config.train.attention_maps:
+    raise ValueError("config: model.attention.impl='ring' never forms the attention weights, so "
+                     "train.attention_maps must be False")
   validate_lib.choice("config", "optim.name", config.optim.name, OPTIMIZERS, bare=True)
   validate_lib.choice("config", "optim.schedule", config.optim.schedule, SCHEDULES, bare=True)
   for key in ("steps", "batch_size", "eval_every", "eval_batch_size"):

@@ -16,12 +16,32 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 AXIS = "data"
+SEQ_AXIS = "seq"  # attnlab.kernels.ring.SEQ_AXIS
 
 
-def make_mesh(devices: list[Any] | None = None) -> Mesh:
-  """A 1-D mesh over ``devices`` (default: all devices of all hosts)."""
-  devices = jax.devices() if devices is None else devices
-  return Mesh(np.asarray(devices), (AXIS,))
+def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None, timeout_s: int = 100) -> None:
+  """``jax.distributed.initialize`` for a multi-host run, with CPU collectives over gloo.
+
+  Unset arguments come from the cluster (SLURM, Open MPI, TPU, ...: jax's auto-detection) or
+  ``JAX_COORDINATOR_ADDRESS``. ``timeout_s``: a process that sends no heartbeat for this long is
+  taken as dead and the others stop with an error (instead of waiting in a collective forever).
+  """
+  if not isinstance(timeout_s, int) or isinstance(timeout_s, bool) or timeout_s < 1:
+    raise ValueError(f"parallel.initialize: timeout_s must be a positive int (seconds), got {timeout_s!r}")
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU devices of several processes
+  jax.distributed.initialize(coordinator_address, num_processes, process_id,
+                             heartbeat_timeout_seconds=timeout_s,
+                             shutdown_timeout_seconds=max(timeout_s, 10))
+
+
+def make_mesh(devices: list[Any] | None = None, sequence: bool = False) -> Mesh:
+  """A 1-D mesh over ``devices`` (default: all devices of all hosts); with ``sequence`` a [1, n]
+  mesh (``AXIS``, ``SEQ_AXIS``) whose devices split the sequence (ring attention), not the batch."""
+  devices = np.asarray(jax.devices() if devices is None else devices)
+  if sequence:
+    return Mesh(devices.reshape(1, devices.size), (AXIS, SEQ_AXIS))
+  return Mesh(devices, (AXIS,))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

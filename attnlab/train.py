@@ -21,7 +21,8 @@ Finishing is idempotent: the final checkpoint (reused if it exists), attention.n
 result.json (the mark of a finished run) are each written whole, so a run interrupted anywhere is
 finished by running it again, to the same result.
 
-The batch is sharded over all devices (attnlab.parallel); the persistent JAX compilation cache is
+The batch is sharded over all devices (attnlab.parallel), or with ``model.attention.impl=ring`` the
+sequence is (a [1, n] mesh with axes data, seq: attnlab.kernels.ring); the persistent JAX compilation cache is
 on unless ``ATTNLAB_CACHE_DIR=off`` (default ``~/.cache/attnlab/jax``).
 """
 
@@ -40,6 +41,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from attnlab import _prng as prng
 from attnlab import checkpoints, models, parallel, registry, results, runlock, sparsity, steps, tuning
@@ -147,7 +149,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if done is not None:
       logging.info("%s: already finished, result.json kept", workdir)
       return done
-    return _train(config, workdir)
+    ring = config.model.attention.impl == "ring"  # the sequence split over the devices
+    with jax.set_mesh(parallel.make_mesh(sequence=True)) if ring else contextlib.nullcontext():
+      return _train(config, workdir)
 
 
 def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str, Any]:
@@ -156,7 +160,7 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str
   cls = model_class(config, task)
   seeds = list(config.train.seeds)
   total, every = config.train.steps, config.train.eval_every
-  mesh = parallel.make_mesh()
+  mesh = parallel.make_mesh(sequence=config.model.attention.impl == "ring")
   data = RunData(task, config, seeds, mesh)
   prog, keys, rates = programs(config, task, cls, data)
   params, rest, opt_state = prog.init(keys, rates)
@@ -271,9 +275,9 @@ def _finish(config: ml_collections.ConfigDict, workdir: pathlib.Path, prog: step
                                     family=task.family)
     result["attention_sparsity"] = [float(z) if st == results.STATUS_OK and np.isfinite(z) else None
                                     for z, st in zip(zeros, result["status"])]
+  if config.train.attention_maps:  # every process: the arrays are gathered (multi-host)
+    _save_attention(prog, final_params, final_rest, task, data, workdir, first)
   if is_primary():
-    if config.train.attention_maps:
-      _save_attention(prog, final_params, final_rest, task, data, workdir, first)
     results.atomic_write_json(workdir / "result.json", result)
   return result
 
@@ -291,12 +295,27 @@ def format_result(result: dict[str, Any]) -> str:
   return "\n".join(lines + tuning.summary_lines(result))
 
 
+def _host_copy(x: Any) -> Any:
+  """This process's copy of a global array: its local replica, else gathered from all processes."""
+  if not isinstance(x, jax.Array):
+    return x
+  if x.is_fully_replicated:
+    return x.addressable_data(0)
+  return multihost_utils.process_allgather(x, tiled=True)
+
+
 def _save_attention(prog: steps.Programs, params: Any, rest: Any, task: Any, data: RunData,
                     workdir: pathlib.Path, member: int) -> None:
   """Attention weights of the first val example of the first seed of ``member``'s rate (that
-  member) -> attention.npz (if the model sows them)."""
-  one = jax.jit(lambda t, i: jax.tree.map(lambda x: x[i], t))((params, rest), member)  # one compile
-  batch = jax.tree.map(lambda v: np.asarray(v)[0], data.eval["val"])
+  member) -> attention.npz (if the model sows them), written by process 0. Called by every process:
+  with several, the arrays span all hosts and are first gathered (a collective)."""
+  tree, val = (params, rest), data.eval["val"]
+  if jax.process_count() > 1:
+    tree, val = jax.tree.map(_host_copy, (tree, val))
+  if not is_primary():
+    return
+  one = jax.jit(lambda t, i: jax.tree.map(lambda x: x[i], t))(tree, member)  # one compile
+  batch = jax.tree.map(lambda v: np.asarray(v)[0], val)
   if not data.eval_shared:
     batch = jax.tree.map(lambda v: v[0], batch)
   maps = models.attention_maps(nnx.merge(prog.graphdef, *one, copy=True), batch)

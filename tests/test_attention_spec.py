@@ -64,7 +64,7 @@ def test_spec_is_frozen_hashable_and_round_trips():
     (dict(target="nope"), "target: unknown target 'nope'; .*hard_st.*soft"),
     (dict(head_mode="shared"), "head_mode: unknown value 'shared'; valid choices: 'split', 'copy'"),
     (dict(head_merge="sum"), "head_merge: unknown value 'sum'; valid choices: 'concat', 'mean'"),
-    (dict(impl="fast"), "impl: unknown value 'fast'; valid choices: 'auto', 'dense', 'blocked'"),
+    (dict(impl="fast"), "impl: unknown value 'fast'; valid choices: 'auto', 'dense', 'blocked', 'ring'"),
     (dict(num_heads=0), "num_heads: must be a positive int, got 0"),
     (dict(num_heads=4, num_kv_heads=3), "num_kv_heads: 3 must divide num_heads"),
     (dict(dropout=1.0), r"dropout: must be a float in \[0, 1\)"),

@@ -194,14 +194,16 @@ def test_auto_is_dense_for_short_and_non_online(data):
                                 dict(normalizer="sigmoid", normalizer_kwargs={"bias": jnp.zeros((37, 45))})])
 def test_blocked_refuses_what_it_cannot_do(data, kw):
   q, k, v, *_ = data
-  with pytest.raises(ValueError, match=r"impl='blocked'.*valid impl values: \('auto', 'dense', 'blocked'\)"):
+  with pytest.raises(ValueError,
+                     match=r"impl='blocked'.*valid impl values: \('auto', 'dense', 'blocked', 'ring'\)"):
     kernels.attention(q, k, v, impl="blocked", **kw)
   kernels.attention(q, k, v, impl="auto", **kw)  # auto falls back to dense
 
 
 def test_bad_impl_and_block_size(data):
   q, k, v, *_ = data
-  with pytest.raises(ValueError, match=r"impl must be one of \('auto', 'dense', 'blocked'\), got 'fast'"):
+  with pytest.raises(ValueError,
+                     match=r"impl must be one of \('auto', 'dense', 'blocked', 'ring'\), got 'fast'"):
     kernels.attention(q, k, v, impl="fast")
   with pytest.raises(ValueError, match="block_size must be a positive int"):
     kernels.attention(q, k, v, impl="blocked", block_size=(16, 0))

@@ -103,7 +103,8 @@ def test_help_lists_the_commands_and_a_commands_main_flags():
   out = attnlab("train", "--help")
   assert out.returncode == 0 and out.stdout.startswith("usage: attnlab train --config=")
   flags_listed = re.findall(r"^  --(\w+):", out.stdout, re.M)
-  assert flags_listed == ["config", "workdir", "distributed", "verbosity"]  # not absl's flag dump
+  assert flags_listed == ["config", "workdir", "distributed", "coordinator_address", "num_processes",
+                          "process_id", "distributed_timeout", "verbosity"]  # not absl's flag dump
 
 
 @pytest.mark.parametrize("source, extra, message", [

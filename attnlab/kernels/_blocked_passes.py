@@ -167,7 +167,7 @@ def forward(pairwise, kind, plan, params, fq, fk, v, mask, bias):
     if kind == "softmax":
       ok = l_run > 0
       out = acc / jnp.where(ok, l_run, 1.0)[:, None]
-      lse = jnp.where(ok, m_run + jnp.log2(jnp.where(ok, l_run, 1.0)), 0.0)
+      lse = jnp.where(ok, m_run + jnp.log2(jnp.where(ok, l_run, 1.0)), _NEG)  # _NEG: no key
     else:
       out, lse = acc, jnp.zeros((plan.bq,), jnp.float32)
     return out, lse

@@ -14,6 +14,9 @@ Two implementations of the one-head kernel, chosen by ``impl``:
   recomputing custom_vjp: O(Lq + Lk) memory, never the [Lq, Lk] scores. Only for the ``soft``
   target, the ``softmax`` and ``sigmoid`` normalizers (scalar bias), and without
   ``return_weights`` (the weights are exactly the [Lq, Lk] matrix it avoids).
+* ``"ring"``: ``ring.attend_ring``, the blocked passes with the sequence split over the mesh axis
+  ``ring.SEQ_AXIS`` of the mesh set by ``jax.set_mesh`` (key/value blocks pass around the ring of
+  devices); same conditions as blocked.
 * ``"auto"`` (default): blocked when it applies and Lq·Lk ≥ ``AUTO_BLOCKED_MIN_PAIRS``, else dense.
 
 Dense maps the one-head kernel over (batch, kv head, group) with ``jax.vmap`` (``_batched``);
@@ -32,12 +35,13 @@ import jax.numpy as jnp
 from attnlab.kernels import _dtypes, _params
 from attnlab.kernels import _blocked
 from attnlab.kernels import normalizers as _normalizers
+from attnlab.kernels import ring as _ring
 from attnlab.kernels import scores as _scores
 from attnlab.kernels import targets as _targets
 
 Array = jax.Array
 
-IMPLS = ("auto", "dense", "blocked")
+IMPLS = ("auto", "dense", "blocked", "ring")
 # auto: blocked from this many (query, key) pairs per head (dense is faster below, see benchmarks/).
 AUTO_BLOCKED_MIN_PAIRS = 256 * 256
 
@@ -197,7 +201,7 @@ def attention(query: Array, key: Array, value: Array, *, score: str = "scaled_do
     normalizer_kwargs: options of the normalizer, e.g. ``{"bias": b}`` for sigmoid.
     target_kwargs: options of the target, e.g. ``{"temperature": t}`` for hard_st.
     return_aux: also return the target's aux dict of [B, H, Lq] arrays (hard: index, log_prob).
-    impl: "auto" (default), "dense" or "blocked" (see the module docstring). "blocked" raises a
+    impl: "auto" (default), "dense", "blocked" or "ring" (see the module docstring). "blocked"/"ring" raise a
       ValueError where it does not apply (sparsemax/entmax15, hard/hard_st, return_weights);
       "auto" then uses dense.
     block_size: (block_q, block_k) or one int for the blocked path; default
@@ -223,10 +227,12 @@ def attention(query: Array, key: Array, value: Array, *, score: str = "scaled_do
     raise ValueError(f"attention: impl must be one of {IMPLS}, got {impl!r}")
   block_q, block_k = _check_block_size(block_size)
   kind, why_not = _blocked_kind(norm, tgt, normalizer, target, return_weights, normalizer_kwargs)
-  if impl == "blocked" and kind is None:
-    raise ValueError(f"attention: impl='blocked' does not apply: {why_not}. Use impl='dense' or "
+  if impl in ("blocked", "ring") and kind is None:
+    raise ValueError(f"attention: impl={impl!r} does not apply: {why_not}. Use impl='dense' or "
                      f"impl='auto' (valid impl values: {IMPLS})")
-  use_blocked = kind is not None and (impl == "blocked" or (
+  if impl == "ring":
+    _ring.seq_mesh()  # a clear error before any work when there is no sequence mesh
+  use_blocked = kind is not None and (impl in ("blocked", "ring") or (
       impl == "auto" and lq * lk >= AUTO_BLOCKED_MIN_PAIRS))
   per_head = _params.per_head("attention", score, score_fn.init, params, d, h, "init_params")
   mask4 = _mask4(mask, causal, b, h, lq, lk, broadcast=not use_blocked)
@@ -249,9 +255,10 @@ def attention(query: Array, key: Array, value: Array, *, score: str = "scaled_do
   q5 = query.reshape(b, lq, hkv, g, d)  # [B, Lq, Hkv, G, D]
   if use_blocked:
     bias = (normalizer_kwargs or {}).get("bias")
-    out = _blocked.attend_blocked(q5, key, value, mask4, score=score_fn, kind=kind, params=params,
-                                  per_head=per_head, causal=causal, block_q=block_q,
-                                  block_k=block_k, bias=None if bias is None else jnp.reshape(bias, ()))
+    attend = _ring.attend_ring if impl == "ring" else _blocked.attend_blocked
+    out = attend(q5, key, value, mask4, score=score_fn, kind=kind, params=params, per_head=per_head,
+                 causal=causal, block_q=block_q, block_k=block_k,
+                 bias=None if bias is None else jnp.reshape(bias, ()))
     alpha, aux = None, {}
   else:
     out, alpha, aux = _batched(kernel, q5, key, value, mask4, params, rngs, per_head)
