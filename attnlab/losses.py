@@ -62,7 +62,8 @@ def _per_example(logits: Array, batch: dict, family: str) -> tuple[Array, dict]:
     metrics = {"loss": jnp.mean(ce), "accuracy": jnp.mean(right)}
     if "relational" in batch:  # visual QA (data.clevr): accuracy per kind of question
       rel = jnp.asarray(batch["relational"])  # [B] bool
-      metrics.update(relational_accuracy=_masked_mean(right, rel), nonrelational_accuracy=_masked_mean(right, ~rel))
+      metrics.update(relational_accuracy=_masked_mean(right, rel),
+                     nonrelational_accuracy=_masked_mean(right, ~rel))
     return ce, metrics
   if family == "node_classifier":
     n = logits.shape[0]  # all N nodes, or the first n (a computation subgraph's targets)

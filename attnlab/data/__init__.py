@@ -7,7 +7,8 @@ Importing this package registers the built-in tasks under the registry kind ``ta
 the package (``paths``); ``download`` fetches the other Planetoid graphs, verified, when asked.
 """
 
-from attnlab.data import clevr, digits, karate, listops, planetoid, shakespeare, synthetic  # noqa: F401 (register)
+from attnlab.data import clevr, digits, karate, listops, planetoid, shakespeare  # noqa: F401 (register)
+from attnlab.data import synthetic  # noqa: F401 (register)
 from attnlab.data.base import BOS, FAMILIES, PAD, SPLITS, Task, register_task, rng_for
 from attnlab.data.graph import Graph, computation_subgraph
 from attnlab.data.download import download_planetoid

@@ -21,7 +21,8 @@ drawn again). Example i of a batch is relational when i is odd: every batch of e
 half relational, half non-relational, and the metrics ``relational_accuracy`` and
 ``nonrelational_accuracy`` (attnlab.losses) are exact means over each kind.
 
-Batch: ``inputs`` (the image) float32 [B, S, S, 3] in [0, 1], ``question`` float32 [B, 11], ``label`` int32 [B],
+Batch: ``inputs`` (the image) float32 [B, S, S, 3] in [0, 1], ``question`` float32 [B, 11], ``label``
+int32 [B],
 ``relational`` bool [B]. Knobs: ``image_size`` S (a multiple of 4, at least 24; default 32, against
 the paper's 75: a 4×4 map of 8-pixel cells keeps a CNN small enough for a 2-core CPU), ``object_size``
 (side of a square and diameter of a circle, 5 .. S/4 − 1, so circles and squares differ in
@@ -133,3 +134,12 @@ def make_sort_of_clevr(*, image_size: int = 32, object_size: int | None = None,
 
   spec = {"num_classes": len(ANSWERS), "image_size": size, "channels": 3, "question_dim": QUESTION_DIM}
   return SyntheticTask(name, "classifier", spec, generate, eval_size=eval_size, tokens=None, metrics=METRICS)
+
+
+def describe(question: np.ndarray) -> str:
+  """A question vector [11] in words, e.g. 'red: shape of the closest object?'."""
+  colour = COLOURS[int(np.argmax(question[:NUM_OBJECTS]))]
+  relational, sub = bool(question[NUM_OBJECTS + 1]), int(np.argmax(question[NUM_OBJECTS + 2:]))
+  asks = (("shape?", "left or right?", "top or bottom?"),
+          ("shape of the closest object?", "shape of the furthest object?", "how many of its shape?"))
+  return f"{colour}: {asks[relational][sub]}"

@@ -3,7 +3,7 @@
 ``vqa``: visual question answering over image regions (the seed's "football" example; Santoro et
 al. 2017's Sort-of-CLEVR setting):
 
-    image [B, S, S, C] -> conv_layers × (Conv 3×3 stride 2, ReLU)                  -> [B, g, g, c]
+    image [B, S, S, C] -> conv_layers × (Conv k×k stride 2, ReLU; k = kernel)       -> [B, g, g, c]
     regions: each of the g·g cells, with its (row, col) in [-1, 1]                 -> [B, g², c + 2]
     mode="mlp":        the flattened cells and the question -> MLP (Santoro's CNN + MLP baseline)
     mode="cross":      R = Dense(regions); the question embedding is the QUERY of a
@@ -38,22 +38,25 @@ MODES = ("mlp", "cross", "self_cross")
 
 
 class ConvStack(nnx.Module):
-  """``n`` × (Conv 3×3, stride 2, SAME, ReLU): [B, S, S, C] -> [B, S/2ⁿ, S/2ⁿ, channels] (S even).
+  """``n`` × (Conv k×k, stride 2, SAME, ReLU): [B, S, S, C] -> [B, S/2ⁿ, S/2ⁿ, channels] (S even).
 
-  Each convolution is written as its 9 strided shifts, concatenated [B, S/2, S/2, 9·C], times a Dense
-  kernel [9·C, channels]: the same function as a convolution, but vmapping it over the runner's
-  members (seeds) batches a matrix product instead of making a grouped convolution, which XLA:CPU
-  runs many times slower."""
+  ``kernel=2``: the windows do not overlap, so a cell of the last map sees exactly its 2ⁿ×2ⁿ pixels;
+  ``kernel=3``: the usual overlapping 3×3 windows. Each convolution is written as its k² strided
+  shifts, concatenated [B, S/2, S/2, k²·C], times a Dense kernel [k²·C, channels]: the same function
+  as a convolution, but vmapping it over the runner's members (seeds) batches a matrix product
+  instead of making a grouped convolution, which XLA:CPU runs many times slower."""
 
-  def __init__(self, in_channels: int, channels: int, n: int, *, rngs: nnx.Rngs):
-    self.convs = nnx.List([nnx.Linear(9 * (in_channels if i == 0 else channels), channels, rngs=rngs)
-                           for i in range(n)])
+  def __init__(self, in_channels: int, channels: int, n: int, *, kernel: int = 3, rngs: nnx.Rngs):
+    self.kernel = validate.choice("ConvStack", "kernel", kernel, (2, 3))
+    self.convs = nnx.List([nnx.Linear(kernel ** 2 * (in_channels if i == 0 else channels), channels,
+                                      rngs=rngs) for i in range(n)])
 
   def __call__(self, x: Array) -> Array:
+    k = self.kernel
     for dense in self.convs:
       out = x.shape[1] // 2
-      p = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))  # SAME padding of a stride-2 3×3 window
-      shifts = [p[:, i:i + 2 * out:2, j:j + 2 * out:2] for i in range(3) for j in range(3)]
+      p = jnp.pad(x, ((0, 0), (0, k - 2), (0, k - 2), (0, 0)))  # SAME padding of a stride-2 window
+      shifts = [p[:, i:i + 2 * out:2, j:j + 2 * out:2] for i in range(k) for j in range(k)]
       x = nnx.relu(dense(jnp.concatenate(shifts, -1)))  # [B, S/2, S/2, channels]
     return x
 
@@ -79,8 +82,9 @@ class VQA(nnx.Module):
   inputs = "image"
 
   def __init__(self, *, spec: dict, rngs: nnx.Rngs, attention: AttentionSpec, mode: str = "self_cross",
-               channels: int = 32, conv_layers: int = 3, d_model: int = 64, self_layers: int = 1,
-               hidden: int = 128, entropy_bonus: float = 0.01, baseline_decay: float = 0.9):
+               channels: int = 32, conv_layers: int = 3, kernel: int = 3, d_model: int = 64,
+               self_layers: int = 1, hidden: int = 128, entropy_bonus: float = 0.01,
+               baseline_decay: float = 0.9):
     _common.check_spec(self.name, spec, "num_classes", "image_size", "channels", "question_dim")
     where = f"model {self.name!r}"
     self.mode = validate.choice(where, "mode", mode, MODES)
@@ -88,7 +92,7 @@ class VQA(nnx.Module):
                        ("self_layers", self_layers), ("hidden", hidden)):
       validate.positive_int(where, arg, value)
     g = _side(self.name, spec, conv_layers)
-    self.cnn = ConvStack(spec["channels"], channels, conv_layers, rngs=rngs)
+    self.cnn = ConvStack(spec["channels"], channels, conv_layers, kernel=kernel, rngs=rngs)
     axis = jnp.linspace(-1.0, 1.0, g) if g > 1 else jnp.zeros((1,))
     self.coords = nnx.data(jnp.stack(jnp.meshgrid(axis, axis, indexing="ij"), -1).reshape(g * g, 2))
     q = spec["question_dim"]
@@ -111,8 +115,8 @@ class VQA(nnx.Module):
   def __call__(self, batch: dict, *, train: bool) -> tuple[Array, dict]:
     f = self.cnn(_image(batch))  # [B, g, g, c]
     b = f.shape[0]
-    cells = jnp.concatenate([f.reshape(b, -1, f.shape[-1]),
-                             jnp.broadcast_to(self.coords[None], (b,) + self.coords.shape)], -1)  # [B, g², c+2]
+    coords = jnp.broadcast_to(self.coords[None], (b,) + self.coords.shape)  # [B, g², 2]
+    cells = jnp.concatenate([f.reshape(b, -1, f.shape[-1]), coords], -1)  # [B, g², c+2]
     question = jnp.asarray(batch["question"])  # [B, Q]
     qe = nnx.relu(self.question(question))  # [B, d]
     aux: dict = {}
