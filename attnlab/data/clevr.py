@@ -105,7 +105,7 @@ def answers(centres: np.ndarray, shapes: np.ndarray, colour: np.ndarray, relatio
 
 @register_task("sort_of_clevr")
 def make_sort_of_clevr(*, image_size: int = 32, object_size: int | None = None,
-                       eval_size: int = 1000) -> Task:
+                       eval_size: int = 500) -> Task:
   """Sort-of-CLEVR. Knobs: image_size (multiple of 4, >= 24), object_size (5 .. image_size/4 - 1;
   default max(5, image_size/4 - 3)), eval_size (val and test each; even, so each is half relational)."""
   name = "sort_of_clevr"
