@@ -3,6 +3,7 @@ the regions of a CNN's feature map, after a self-attention step among the region
 
     attnlab train --config=configs/sort_of_clevr.py --workdir=runs/sort_of_clevr
     attnlab train --config=configs/sort_of_clevr.py:tiny --workdir=...   # the tests' shrunken copy
+    attnlab train --config=configs/sort_of_clevr.py:sagan --workdir=...  # sagan_classifier instead
 
 32-pixel images (the paper's are 75): a 3-layer stride-2 CNN with non-overlapping 2×2 windows gives
 a 4×4 map of regions, each exactly one cell of the task's grid, small enough for a 2-core CPU.
@@ -23,6 +24,10 @@ def get_config(arg=None):
                      "hidden": 16 if tiny else 128}
   c.model.attention.update(score="scaled_dot", normalizer="softmax", target="soft",
                            num_heads=1 if tiny else 4)
+  if arg == "sagan":  # the SAGAN layer between conv stages (score "dot", one head: the paper's)
+    c.model.name = "sagan_classifier"
+    c.model.options = {"channels": 32, "hidden": 128}
+    c.model.attention.update(score="dot", num_heads=1)
   c.optim.name = "adam"
   c.optim.learning_rate = 1e-3
   c.optim.warmup_steps = 0 if tiny else 100
