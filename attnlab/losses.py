@@ -5,6 +5,8 @@ Task loss by family (metrics["loss"] is always this task loss, comparable across
 | family            | loss                                       | metrics                               |
 |-------------------|--------------------------------------------|---------------------------------------|
 | `classifier`      | CE(logits [B, C], label [B])               | loss, accuracy                        |
+|                   |                                            | (+ relational_accuracy, nonrelational_ |
+|                   |                                            | accuracy when the batch has relational)|
 | `seq2seq`         | token CE over labels != PAD                | loss, accuracy (token), seq_accuracy  |
 | `lm`              | token CE over labels != PAD                | loss, accuracy (token)                |
 | `node_classifier` | CE over the nodes of ``batch["mask"]``     | loss, accuracy                        |
@@ -56,8 +58,13 @@ def _per_example(logits: Array, batch: dict, family: str) -> tuple[Array, dict]:
   if family == "classifier":
     labels = jnp.asarray(batch["label"])  # [B]
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)  # [B]
-    acc = jnp.mean(jnp.argmax(logits, -1) == labels)
-    return ce, {"loss": jnp.mean(ce), "accuracy": acc}
+    right = jnp.argmax(logits, -1) == labels  # [B]
+    metrics = {"loss": jnp.mean(ce), "accuracy": jnp.mean(right)}
+    if "relational" in batch:  # visual QA (data.clevr): accuracy per kind of question
+      rel = jnp.asarray(batch["relational"])  # [B] bool
+      metrics.update(relational_accuracy=_masked_mean(right, rel),
+                     nonrelational_accuracy=_masked_mean(right, ~rel))
+    return ce, metrics
   if family == "node_classifier":
     n = logits.shape[0]  # all N nodes, or the first n (a computation subgraph's roots)
     labels, mask = jnp.asarray(batch["labels"])[:n], jnp.asarray(batch["mask"])[:n]  # [n], [n]

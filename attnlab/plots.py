@@ -4,7 +4,8 @@
 * ``curves_<group>.png``: val metric (mean over seeds) against step, one line per variant;
 * ``attention_<group>_<task>.png``: the first attention layer's weights (mean over heads) of one
   val example per variant (query rows × key columns; for graphs target × source over the first 34
-  nodes) — what each kind of attention attends to.
+  nodes) — what each kind of attention attends to;
+* ``overlay_<group>_<task>.png`` (image tasks): the attention drawn over the image (attnlab.overlays).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from attnlab import results
+from attnlab import overlays, results
 
 
 def _plt() -> Any:
@@ -97,6 +98,10 @@ def write_all(workdir: pathlib.Path, rows: list[Any], metric: str, split: str) -
       fig.colorbar(image, ax=list(axes[0]), shrink=0.8)
       fig.suptitle(f"{group} · {task}: attention of one val example (layer 1, mean over heads)")
       written.append(_save(plt, fig, out_dir / f"attention_{group}_{task}.png"))
+      fig = overlays.draw(plt, [(r.variant, _run_dir(workdir, r.run_id)) for r in rs],
+                          f"{group} · {task}: attention over the image of one val example (mean over heads)")
+      if fig is not None:
+        written.append(_save(plt, fig, out_dir / f"overlay_{group}_{task}.png"))
   return written
 
 

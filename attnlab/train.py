@@ -9,7 +9,8 @@ Writes to ``workdir`` (held by one process at a time: attnlab.runlock):
 * ``checkpoints/``  orbax checkpoints every ``train.checkpoint_every`` steps and at the end; a
   restarted run resumes from the newest readable one (metrics.jsonl is cut back to it);
 * ``attention.npz`` attention weights of one val example, the first seed at the chosen rate
-  (``train.attention_maps``, which also records ``attention_sparsity``: attnlab.sparsity);
+  (``train.attention_maps``, which also records ``attention_sparsity``: attnlab.sparsity); for
+  image tasks also ``example.npz``, that example's batch entries (image, question, label);
 * ``result.json``   per split (val, test) and metric: ``per_seed``, ``mean``, ``std`` (ddof=1), ``n``;
   with early stopping the val/test values are those of each seed's best-val state. ``status`` per
   seed: "ok", or "diverged at step N" when its training loss or gradient stopped being finite (the
@@ -321,3 +322,6 @@ def _save_attention(prog: steps.Programs, params: Any, rest: Any, task: Any, dat
   maps = models.attention_maps(nnx.merge(prog.graphdef, *one, copy=True), batch)
   if maps:
     results.atomic_write(workdir / "attention.npz", lambda f: np.savez_compressed(f, **maps))
+    if "image_size" in task.spec:  # the picture under the maps (attnlab.overlays)
+      example = {k: np.asarray(v)[0] for k, v in batch.items()}
+      results.atomic_write(workdir / "example.npz", lambda f: np.savez_compressed(f, **example))

@@ -177,10 +177,18 @@ def test_every_registered_task_yields_declared_batches(name):
   for split in ("train", "val", "test"):
     b = t.batch(split, 0, 4, seed=0)
     if t.family == "classifier":
-      assert set(b) == {"inputs", "label"}
+      vqa = {"question", "relational"} if "question_dim" in spec else set()
+      assert set(b) == {"inputs", "label"} | vqa
       assert b["label"].shape == (4,) and b["label"].dtype == np.int32
       assert b["label"].min() >= 0 and b["label"].max() < spec["num_classes"]
-      if "vocab_size" in spec:
+      if vqa:
+        assert b["question"].shape == (4, spec["question_dim"]) and b["question"].dtype == np.float32
+        assert b["relational"].shape == (4,) and b["relational"].dtype == np.bool_
+      if "image_size" in spec:
+        s = spec["image_size"]
+        assert b["inputs"].shape == (4, s, s, spec["channels"])
+        assert b["inputs"].dtype == np.float32 and 0 <= b["inputs"].min() and b["inputs"].max() <= 1
+      elif "vocab_size" in spec:
         assert b["inputs"].shape == (4, spec["seq_len"])
         _check_tokens(b["inputs"], spec["vocab_size"])
       else:

@@ -62,6 +62,8 @@ TASKS = {  # family, spec, batch
               _graph_batch()),
 }
 TASKS["tokens"][2]["inputs"][:3, -1] = 0  # some PAD
+_CLEVR = registry.get("task", "sort_of_clevr")(image_size=24, eval_size=2)
+TASKS["vqa"] = ("classifier", _CLEVR.spec, _CLEVR.batch("train", 0, B, seed=0))  # images and questions
 
 # Tiny programs: XLA's cheap optimisation level (FAST_COMPILE) compiles several times faster
 # (the file is compile-bound).
@@ -85,7 +87,8 @@ def _discovered_cases():
     assert cls.family in FAMILY_TASK, f"model {name!r}: no test task for family {cls.family!r}"
     takes = inspect.signature(cls.__init__).parameters
     options = {k: v for k, v in SMALL.items() if k in takes}
-    cases[f"model-{name}"] = (name, FAMILY_TASK[cls.family], options,
+    task = "vqa" if getattr(cls, "inputs", None) == "image" else FAMILY_TASK[cls.family]
+    cases[f"model-{name}"] = (name, task, options,
                               GRAPH if getattr(cls, "graph_attention", False) else {}, 150, 1e-2)
   for kind, (model, task, options, base) in HOSTS.items():
     for member in registry.names(kind):
@@ -114,6 +117,11 @@ CASES = {
                               {"score": "additive"}, 150, 1e-2),
     **{f"gru-luong-{s}": ("gru_seq2seq", "reverse", {"d_model": 16, "style": "luong"}, {"score": s},
                           150, 1e-2) for s in ("dot", "general", "concat")},
+    "vqa-cross-hard": ("vqa", "vqa", {"mode": "cross", "d_model": 16, "hidden": 16}, {"target": "hard"},
+                       200, 1e-2),
+    "vqa-mlp": ("vqa", "vqa", {"mode": "mlp", "channels": 8, "hidden": 16}, {}, 100, 1e-2),
+    "sagan-hard-2heads": ("sagan_classifier", "vqa", {"channels": 16, "hidden": 16},
+                          {"target": "hard", "num_heads": 2}, 200, 1e-2),
     "glimpse-soft": ("glimpse", "regions", {"d_model": 16}, {}, 100, 1e-2),
     "glimpse-hard": ("glimpse", "regions", {"d_model": 16}, {"target": "hard"}, 200, 1e-2),
     "glimpse-recurrent-hard_st": ("glimpse", "regions", {"d_model": 16, "query": "recurrent",

@@ -9,6 +9,9 @@ valid ones). Batches are dicts of NumPy arrays, deterministic in (seed, split, s
 | family            | batch keys (shapes)                                                        |
 |-------------------|----------------------------------------------------------------------------|
 | `classifier`      | inputs int32 [B, L] (tokens) or float32 [B, L, F] (features); label int32 [B] |
+|                   | (image tasks, spec ``image_size``/``channels``: inputs float32 [B, S, S, C] |
+|                   | in [0, 1]; visual question answering, spec ``question_dim``: also        |
+|                   | question float32 [B, Q] and relational bool [B], see data.clevr)          |
 | `seq2seq`         | inputs int32 [B, Ls]; labels int32 [B, Lt] (PAD=0 where shorter)            |
 | `lm`              | inputs int32 [B, L]; labels int32 [B, L] (inputs shifted left by one)       |
 | `node_classifier` | features float32 [N, F]; edges int32 [2, E]; labels int32 [N];              |

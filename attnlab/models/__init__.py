@@ -8,12 +8,15 @@
 | `gru_seq2seq` | seq2seq         | rnn_seq2seq.py  | GRU encoder–decoder, Bahdanau or Luong attention  |
 | `lm`          | lm              | lm.py           | decoder-only causal Transformer                   |
 | `gat`         | node_classifier | gat.py          | 2-layer GAT (Veličković et al. 2018)              |
+| `vqa`         | classifier      | vision.py       | CNN regions, question query, opt. self-attention  |
+| `sagan_classifier` | classifier | vision.py       | conv net with SAGAN ImageSelfAttention            |
 
 The model contract (every model keeps it; ``_common`` holds the helpers it names):
 
 * Register: ``@register_model(name)`` on an ``nnx.Module`` class with a class attribute ``family``
   (one of ``attnlab.data.FAMILIES``; the runner pairs it with tasks of that family) and, for graph
-  models, ``graph_attention = True``.
+  models, ``graph_attention = True``; image models (batch ``inputs`` [B, S, S, C]) set
+  ``inputs = "image"``.
 * Receive: ``__init__(self, *, spec, rngs, attention, **kwargs)``: ``spec`` the task's sizes
   (check the keys you need with ``check_spec``), ``rngs`` ``nnx.Rngs(params, dropout=, attention=)``,
   ``attention`` the ``AttentionSpec`` to pass to every attention layer unchanged (refuse the fields
@@ -42,7 +45,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from attnlab.models import classifier, gat, glimpse, lm, rnn_seq2seq, seq2seq  # noqa: F401 (register)
+from attnlab.models import classifier, gat, glimpse, lm, rnn_seq2seq, seq2seq, vision  # noqa: F401 (register)
 from attnlab.models._common import Baseline, register_model, sow_enabled, sowing
 
 __all__ = ["attention_maps", "Baseline", "register_model", "sow_enabled", "sowing"]
