@@ -153,6 +153,8 @@ def write(workdir: str, *, metric: str = "accuracy", split: str = "test", plots:
     raise NoResults(f"{str(workdir / 'results.jsonl')!r} has no valid results lines; nothing to "
                     "report (report.md left as it is)")
   check_choice(records, metric, split)
+  order = {results.canonical(p): i for i, p in enumerate(meta.get("runs", []))}  # the sweep's order
+  records = sorted(records, key=lambda r: order.get(results.canonical(r["run"]), len(order)))
   rs = rows(records, metric, split)
   text = markdown(rs, meta, metric, split)
   if plots:

@@ -181,9 +181,10 @@ def parse_shard(text: str | None) -> tuple[int, int]:
 
 
 def run_sweep(sweep: ml_collections.ConfigDict, workdir: str, *, shard: tuple[int, int] = (0, 1),
-              progress: bool = True) -> dict[str, int]:
+              progress: bool = True, worker: bool = False) -> dict[str, int]:
   """Runs this shard's unfinished (run, seed) pairs; returns counts (runs, trained, skipped, busy).
-  Runs that reuse a twin's lines come after the others (their twin is then usually recorded)."""
+  Runs that reuse a twin's lines come after the others (their twin is then usually recorded). A
+  ``worker`` (attnlab.workers) logs the runs it skips as busy at info level: they are its peers'."""
   from attnlab import train  # pylint: disable=g-import-not-at-top
   workdir = pathlib.Path(workdir)
   runs = expand(sweep)
@@ -215,7 +216,7 @@ def run_sweep(sweep: ml_collections.ConfigDict, workdir: str, *, shard: tuple[in
             else:
               counts["trained" if _train_run(run, sweep, run_dir, res_path) else "skipped"] += 1
       except runlock.RunBusy as e:
-        logging.warning("sweep %s: skipping run %s: %s", sweep.name, run.id, e)
+        (logging.info if worker else logging.warning)("sweep %s: skipping run %s: %s", sweep.name, run.id, e)
         counts["busy"] += 1
       finally:
         bar.advance(task_id)

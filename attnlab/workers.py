@@ -46,7 +46,7 @@ def _worker(sweep: ml_collections.ConfigDict, workdir: str, shard: tuple[int, in
             parent: int) -> None:
   threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
   logging.set_verbosity(verbosity)
-  sweep_lib.run_sweep(sweep, workdir, shard=shard, progress=False)
+  sweep_lib.run_sweep(sweep, workdir, shard=shard, progress=False, worker=True)
 
 
 def _recorded_runs(res_path: pathlib.Path, runs: list[sweep_lib.Run], seeds: tuple[int, ...]) -> int:

@@ -50,8 +50,8 @@ def get_config(arg=None):
   c.seeds = seeds
   c.overrides = {
       "optim": {"learning_rates": rates, "select_metric": "accuracy"},
-      "train": {"checkpoint_every": 0, "batch_size": 16, "eval_every": 50, "reach_value": 0.95,
-                "early_stopping": {"patience": 10, "metrics": "loss,accuracy"}},
+      "train": {"checkpoint_every": 0, "batch_size": 16, "eval_every": 100, "reach_value": 0.95,
+                "early_stopping": {"patience": 5, "metrics": "loss,accuracy"}},
   }
   a = "model.attention."
   ar = {"train.steps": steps["assoc_recall"]}
