@@ -39,6 +39,7 @@ def _quiet() -> Iterator[None]:
 
 
 def _manager(directory: pathlib.Path) -> ocp.CheckpointManager:
+  _drop_orbax_noise()  # before orbax runs: a failed read's late callbacks can come at once
   options = ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False,
                                          create=True, cleanup_tmp_directories=True)
   return ocp.CheckpointManager(directory.resolve(), options=options)
@@ -64,7 +65,6 @@ def save(directory: pathlib.Path, step: int, tree: Any) -> None:
         manager.save(step, args=ocp.args.StandardSave(_flatten(tree)), force=True)
         manager.wait_until_finished()
     except BaseException:
-      _drop_orbax_noise()
       for tmp in directory.glob("*.orbax-checkpoint-tmp*"):  # nothing half-written stays behind
         shutil.rmtree(tmp, ignore_errors=True)
       raise
@@ -94,7 +94,6 @@ def restore(directory: pathlib.Path, template: Any) -> tuple[int, Any] | None:
       with _quiet(), _manager(directory) as manager:
         flat = manager.restore(step, args=ocp.args.StandardRestore(_flatten(template)))
     except Exception as e:  # orbax/tensorstore raise many types for damaged files
-      _drop_orbax_noise()
       aside = _set_aside(directory, step)
       logging.warning("checkpoint %d of %s is unreadable: set aside as %s, resuming from %s (%s: %s)",
                       step, directory, aside, "the previous checkpoint" if steps(directory) else "scratch",
@@ -135,7 +134,8 @@ def _set_aside(directory: pathlib.Path, step: int) -> pathlib.Path:
 def _drop_orbax_noise() -> None:
   """After a failed orbax read or write, tensorstore's pending reads end on orbax's closed event
   loop: "Event loop is closed" tracebacks and "Task exception was never retrieved" log records,
-  after the error itself was handled. This drops those two (everything else still prints)."""
+  possibly before the error itself reaches Python. Installed before orbax is first used, this drops
+  those two (everything else still prints)."""
   previous = sys.unraisablehook
   if getattr(previous, "attnlab_drops_closed_loops", False):
     return
