@@ -35,6 +35,10 @@ A run config is a locked ``ml_collections.ConfigDict`` (unknown keys and type ch
     train.reach_metric   the val metric of the learning-speed measures: steps to reach
     train.reach_value    (first evaluation at which it is >= the value, <= for losses; None = not
                          measured) and the area under its val curve (recorded always; attnlab.tuning)
+    parallel.sequence    P, the devices that split the sequence (ring attention); the other n/P split
+                         the batch: a [n/P, P] mesh (data, seq), attnlab.parallel. P > 1 needs
+                         model.attention.impl='ring' and must divide the device count n. 0 (default):
+                         all n devices with impl='ring', else 1 (data parallelism only)
 
 Config files (``configs/*.py``) define ``get_config(arg=None)`` that starts from ``base_config()``.
 Extra top-level scalar fields are allowed as aliases (``c.data_dir`` referenced by
@@ -59,7 +63,7 @@ from attnlab.attention_spec import AttentionSpec, SpecError
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine")
-SECTIONS = ("task", "model", "optim", "train")
+SECTIONS = ("task", "model", "optim", "train", "parallel")
 _PACKAGE_DIR = pathlib.Path(__file__).resolve().parent
 REPO_ROOT = _PACKAGE_DIR.parent
 
@@ -102,6 +106,7 @@ def base_config() -> ml_collections.ConfigDict:
       "checkpoint_every": 0, "seeds": (0,), "attention_maps": True,
       "early_stopping": {"patience": 0, "metrics": "accuracy"},
       "reach_metric": "accuracy", "reach_value": ml_collections.config_dict.placeholder(float)})
+  c.parallel = ml_collections.ConfigDict({"sequence": 0})
   return c
 
 
@@ -182,6 +187,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError("config: task.name is empty; set it to a registered task (`attnlab list`)")
   if not config.model.name:
     raise ValueError("config: model.name is empty; set it to a registered model (`attnlab list`)")
+  check_parallel(config)
   if attention_spec(config).impl == "ring" and config.train.attention_maps:
     raise ValueError("config: model.attention.impl='ring' never forms the attention weights, so "
                      "train.attention_maps must be False")
@@ -202,6 +208,34 @@ def validate(config: ml_collections.ConfigDict) -> None:
   config_values.check_tuning(config)
   if not early_stopping_metrics(config):
     raise ValueError("config: train.early_stopping.metrics is empty; e.g. 'accuracy' or 'loss,accuracy'")
+
+
+# Sections added to the schema later, with their defaults: a saved config (a run's config.json, a
+# sweep's fingerprint) from before one existed ran with these.
+ADDED_SECTIONS = {"parallel": {"sequence": 0}}
+
+
+def with_added_sections(cfg: dict[str, Any]) -> dict[str, Any]:
+  """A saved config dict with the ``ADDED_SECTIONS`` it lacks, at their defaults."""
+  return {**{k: v for k, v in ADDED_SECTIONS.items() if k not in cfg}, **cfg}
+
+
+def without_default_added_sections(cfg: dict[str, Any]) -> dict[str, Any]:
+  """A config dict without the ``ADDED_SECTIONS`` left at their defaults (as saved before they existed)."""
+  return {k: v for k, v in cfg.items() if ADDED_SECTIONS.get(k) != v}
+
+
+def check_parallel(config: ml_collections.ConfigDict) -> None:
+  """parallel.sequence: an int >= 0 (0 = automatic), above 1 only with ring attention; whether it
+  divides the device count is checked when the mesh is made (attnlab.parallel.sequence_size)."""
+  p, impl = config.parallel.sequence, config.model.attention.impl
+  if isinstance(p, bool) or not isinstance(p, int) or p < 0:
+    raise ValueError(f"config: parallel.sequence must be a positive int (the devices that split the "
+                     f"sequence) or 0 (all devices with model.attention.impl='ring', else 1), got {p!r}")
+  if p > 1 and impl != "ring":
+    raise ValueError(f"config: parallel.sequence={p} splits the sequence over devices, which needs "
+                     f"model.attention.impl='ring' (got {impl!r}); valid: parallel.sequence 0 or 1 "
+                     f"with impl={impl!r}, any P dividing the device count with impl='ring'")
 
 
 def early_stopping_metrics(config: ml_collections.ConfigDict) -> tuple[str, ...]:

@@ -1,10 +1,12 @@
-"""Data parallelism over every JAX device: one Mesh axis ``data``, the batch axis sharded over it.
+"""Data and sequence parallelism over every JAX device: a [n/P, P] Mesh with axes ``data`` and ``seq``.
 
-Parameters and optimiser states are replicated; each batch is split along its example axis across
-the mesh (``NamedSharding(mesh, P(..., "data"))``). The jitted train step is written for one
-device; XLA's SPMD partitioner inserts the gradient all-reduce. The same code therefore runs on one
-CPU, 8 GPUs or a TPU slice, and on several hosts after ``jax.distributed.initialize()`` (every host
-builds the same global batch from the deterministic task and contributes its addressable shards).
+Parameters and optimiser states are replicated; each batch is split along its example axis over
+``data`` and, when P > 1, along the dimension after it (the sequence of token batches) over ``seq``
+(``NamedSharding(mesh, P(..., "data", "seq"))``), which ring attention (attnlab.kernels.ring) splits
+further inside each layer. The jitted train step is written for one device; XLA's SPMD partitioner
+inserts the gradient all-reduce. The same code therefore runs on one CPU, 8 GPUs or a TPU slice, and
+on several hosts after ``jax.distributed.initialize()`` (every host builds the same global batch
+from the deterministic task and contributes its addressable shards).
 """
 
 from __future__ import annotations
@@ -35,13 +37,26 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
                              shutdown_timeout_seconds=max(timeout_s, 10))
 
 
-def make_mesh(devices: list[Any] | None = None, sequence: bool = False) -> Mesh:
-  """A 1-D mesh over ``devices`` (default: all devices of all hosts); with ``sequence`` a [1, n]
-  mesh (``AXIS``, ``SEQ_AXIS``) whose devices split the sequence (ring attention), not the batch."""
+def sequence_size(requested: int, ring: bool, num_devices: int) -> int:
+  """The devices P that split the sequence: ``requested`` (``config.parallel.sequence``), where 0
+  means all ``num_devices`` with ring attention, else 1; a ValueError unless P divides the count."""
+  if isinstance(requested, bool) or not isinstance(requested, int) or requested < 0:
+    raise ValueError(f"parallel.sequence must be an int >= 1, or 0 (all devices with "
+                     f"model.attention.impl='ring', else 1), got {requested!r}")
+  p = requested or (num_devices if ring else 1)
+  if num_devices % p:
+    raise ValueError(f"parallel.sequence={p} must divide the number of devices ({num_devices}): "
+                     f"the mesh is [devices / P, P] (data, seq); valid: "
+                     f"{', '.join(str(d) for d in range(1, num_devices + 1) if num_devices % d == 0)}")
+  return p
+
+
+def make_mesh(devices: list[Any] | None = None, sequence: int = 1) -> Mesh:
+  """A [n/P, P] mesh (``AXIS``, ``SEQ_AXIS``) over ``devices`` (default: all devices of all hosts,
+  n of them): P = ``sequence`` neighbouring devices split the sequence, the n/P groups the batch."""
   devices = np.asarray(jax.devices() if devices is None else devices)
-  if sequence:
-    return Mesh(devices.reshape(1, devices.size), (AXIS, SEQ_AXIS))
-  return Mesh(devices, (AXIS,))
+  p = sequence_size(sequence, False, devices.size)
+  return Mesh(devices.reshape(devices.size // p, p), (AXIS, SEQ_AXIS))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -54,18 +69,20 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
   return jax.tree.map(lambda x: _put(x, sharding), tree)
 
 
-def batch_sharding(mesh: Mesh, ndim: int, axis: int, size: int) -> NamedSharding:
-  """Shards dimension ``axis`` over the mesh when it divides evenly, else replicates."""
-  if size % mesh.size != 0 or mesh.size == 1:
-    return replicated(mesh)
-  spec = [None] * ndim
-  spec[axis] = AXIS
+def batch_sharding(mesh: Mesh, shape: tuple[int, ...], axis: int) -> NamedSharding:
+  """Dimension ``axis`` of an array of ``shape`` sharded over the mesh's ``data`` axis and the one
+  after it over ``seq``, each when its size divides evenly (else that dimension is replicated)."""
+  spec = [None] * len(shape)
+  for dim, name in ((axis, AXIS), (axis + 1, SEQ_AXIS)):
+    size = dict(mesh.shape).get(name, 1)
+    if dim < len(shape) and size > 1 and shape[dim] % size == 0:
+      spec[dim] = name
   return NamedSharding(mesh, P(*spec))
 
 
 def shard_batch(batch: dict[str, Any], mesh: Mesh, axis: int | None) -> dict[str, Any]:
   """Places a host batch (a dict of arrays or pytrees of arrays) on the mesh, its example dimension
-  ``axis`` split across devices.
+  ``axis`` split over ``data`` and the next one over ``seq`` (``batch_sharding``).
 
   ``axis=None`` replicates (e.g. a whole graph whose nodes are all needed by every device).
   """
@@ -73,7 +90,7 @@ def shard_batch(batch: dict[str, Any], mesh: Mesh, axis: int | None) -> dict[str
     value = np.asarray(value)
     if axis is None or value.ndim <= axis:
       return _put(value, replicated(mesh))
-    return _put(value, batch_sharding(mesh, value.ndim, axis, value.shape[axis]))
+    return _put(value, batch_sharding(mesh, value.shape, axis))
 
   return jax.tree.map(put, batch)
 

@@ -126,12 +126,14 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 def fingerprint(sweep: ml_collections.ConfigDict, runs: list[Run], *, legacy: bool = False) -> str:
   """sha256 of the seeds and every run's point and config; ``legacy``: spelled with the section
-  names before ``results.RENAMED_KEYS`` (task.knobs, model.options), as a DIR written then holds."""
+  names before ``results.RENAMED_KEYS`` (task.knobs, model.options), as a DIR written then holds.
+  Sections of ``config.ADDED_SECTIONS`` left at their defaults are left out (as before they existed)."""
   old = {"task": "knobs", "model": "options"}
   spell = lambda d, p: {(old[p] if legacy and p in old and k == "kwargs" else k): v for k, v in d.items()}
   body = {"seeds": list(sweep.seeds), "runs": [
       [{(results.legacy_key(k) if legacy else k): v for k, v in r.point.items()},
-       {p: spell(v, p) if isinstance(v, dict) else v for p, v in config_lib.to_dict(r.config).items()}]
+       {p: spell(v, p) if isinstance(v, dict) else v
+        for p, v in config_lib.without_default_added_sections(config_lib.to_dict(r.config)).items()}]
       for r in runs]}
   return hashlib.sha256(results.canonical(body).encode()).hexdigest()
 

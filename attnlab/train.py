@@ -22,9 +22,9 @@ Finishing is idempotent: the final checkpoint (reused if it exists), attention.n
 result.json (the mark of a finished run) are each written whole, so a run interrupted anywhere is
 finished by running it again, to the same result.
 
-The batch is sharded over all devices (attnlab.parallel), or with ``model.attention.impl=ring`` the
-sequence is (a [1, n] mesh with axes data, seq: attnlab.kernels.ring); the persistent JAX compilation cache is
-on unless ``ATTNLAB_CACHE_DIR=off`` (default ``~/.cache/attnlab/jax``).
+The devices form a [n/P, P] mesh (axes data, seq; ``run_mesh``): P = ``parallel.sequence`` devices split
+the sequence (ring attention, attnlab.kernels.ring), the n/P groups the batch (attnlab.parallel). The
+persistent JAX compilation cache is on unless ``ATTNLAB_CACHE_DIR=off`` (default ``~/.cache/attnlab/jax``).
 """
 
 from __future__ import annotations
@@ -84,11 +84,22 @@ def model_class(config: ml_collections.ConfigDict, task: Any) -> type:
   return cls
 
 
+def run_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
+  """The run's [n/P, P] mesh (data, seq) over all n devices, P from ``parallel.sequence``; a
+  ValueError naming both numbers when P does not divide n."""
+  ring = config.model.attention.impl == "ring"
+  try:
+    p = parallel.sequence_size(config.parallel.sequence, ring, jax.device_count())
+  except ValueError as e:
+    raise ValueError(f"config: {e}") from None
+  return parallel.make_mesh(sequence=p)
+
+
 def _check_workdir_config(workdir: pathlib.Path, cfg: dict[str, Any]) -> None:
   path = workdir / "config.json"
   if path.exists():
     try:
-      old = results.read_json(path)
+      old = config_lib.with_added_sections(results.read_json(path))
     except ValueError as e:
       raise ValueError(f"workdir {str(workdir)!r}: config.json is unreadable ({e}); delete it to "
                        "start over, or use a new --workdir") from e
@@ -142,6 +153,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   Raises runlock.RunBusy if another process is running in ``workdir``.
   """
   config_lib.validate(config)
+  mesh = run_mesh(config)
   enable_compilation_cache()
   workdir = results.make_dir(workdir)
   with runlock.hold(workdir) if is_primary() else contextlib.nullcontext():
@@ -150,18 +162,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if done is not None:
       logging.info("%s: already finished, result.json kept", workdir)
       return done
-    ring = config.model.attention.impl == "ring"  # the sequence split over the devices
-    with jax.set_mesh(parallel.make_mesh(sequence=True)) if ring else contextlib.nullcontext():
-      return _train(config, workdir)
+    ring = config.model.attention.impl == "ring"  # the kernel finds the seq axis in the set mesh
+    with jax.set_mesh(mesh) if ring else contextlib.nullcontext():
+      return _train(config, workdir, mesh)
 
 
-def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str, Any]:
+def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path,
+           mesh: jax.sharding.Mesh) -> dict[str, Any]:
   start_time = time.time()
   task = make_task(config)
   cls = model_class(config, task)
   seeds = list(config.train.seeds)
   total, every = config.train.steps, config.train.eval_every
-  mesh = parallel.make_mesh(sequence=config.model.attention.impl == "ring")
   data = RunData(task, config, seeds, mesh)
   prog, keys, rates = programs(config, task, cls, data)
   params, rest, opt_state = prog.init(keys, rates)

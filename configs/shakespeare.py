@@ -3,6 +3,13 @@
     attnlab train --config=configs/shakespeare.py --workdir=runs/shakespeare
     attnlab train --config=configs/shakespeare.py --config.data_path=/path/to/input.txt --workdir=...
 
+Sequence-parallel with ring attention: P devices split each sequence, the other n/P the batch
+(parallel.sequence; a [n/P, P] mesh, here data 2 x seq 2 on 4 virtual CPU devices):
+
+    XLA_FLAGS=--xla_force_host_platform_device_count=4 attnlab train --config=configs/shakespeare.py \
+        --config.model.attention.impl=ring --config.parallel.sequence=2 \
+        --config.train.attention_maps=False --workdir=runs/shakespeare_ring
+
 Unset, ``data_path`` is $ATTNLAB_DATA_DIR/tinyshakespeare/input.txt if there, else the copy shipped
 with attnlab (attnlab.data.paths). A small 2-layer model reaches a token
 accuracy around 0.45-0.5 in a few minutes on a CPU.

@@ -216,8 +216,8 @@ def test_files_written_with_the_old_section_names_still_read(tmp_path):
   runs = sweep.expand(s)  # run 1 is run 0's config (the default score)
   old_point = lambda p: {k.replace("model.kwargs.", "model.options."): v for k, v in p.items()}
 
-  def old_config(run):
-    c = config_lib.to_dict(run.config)
+  def old_config(run):  # nor had it a parallel section
+    c = {k: v for k, v in config_lib.to_dict(run.config).items() if k != "parallel"}
     return {**c, "task": {("knobs" if k == "kwargs" else k): v for k, v in c["task"].items()},
             "model": {("options" if k == "kwargs" else k): v for k, v in c["model"].items()}}
 
