@@ -443,3 +443,24 @@ def test_graph_attention_kernel_values_argument():
   np.testing.assert_allclose(out, expected, atol=1e-5)
   dense = kernels.dense_graph_attention(h, _edges.edges_to_adjacency(edges, 6), score="dot", values=v)
   np.testing.assert_allclose(dense, expected, atol=1e-5)
+
+
+def test_key_padding_mask_reaches_the_kernel_unbroadcast(monkeypatch):
+  """A [B, 1, 1, Lk] mask reaches kernels.attention as [B, 1, 1, Lk] (O(Lk): the blocked and ring
+  kernels mask block by block), one with extra batch dims as [B·B', 1, 1, Lk], a shared one as
+  [1, 1, 1, Lk]; the outputs equal those of the mask broadcast to [B, H, Lq, Lk] by hand."""
+  seen = []
+  attention = kernels.attention
+  monkeypatch.setattr(kernels, "attention", lambda *a, mask=None, **k: (
+      seen.append(None if mask is None else mask.shape), attention(*a, mask=mask, **k))[1])
+  layer = MultiHeadAttention(2, 8, rngs=nnx.Rngs(0), decode=False)
+  x = _normal(0, (2, 3, 6, 8))  # batch (2, 3), L = 6
+  lengths = jnp.asarray([[6, 5, 4], [3, 6, 2]])
+  pad = (jnp.arange(6) < lengths[..., None])[..., None, None, :]  # [2, 3, 1, 1, 6]
+  shared = (jnp.arange(6) < 4)[None, None, :]  # [1, 1, 6]
+  for mask, want in ((pad, (6, 1, 1, 6)), (shared, (1, 1, 1, 6))):
+    got = layer(x, mask=mask, is_causal=True)
+    assert seen[-1] == want
+    full = layer(x, mask=jnp.broadcast_to(mask, (2, 3, 2, 6, 6)), is_causal=True)
+    assert seen[-1] == (6, 2, 6, 6)
+    chex.assert_trees_all_close(got, full, atol=1e-6)

@@ -254,11 +254,14 @@ class MultiHeadAttention(nnx.Module):
     k4 = key.reshape((b,) + key.shape[-3:])  # [B, Lk, Hkv, D]
     v4 = value.astype(query.dtype).reshape((b,) + value.shape[-3:])  # [B, Lk, Hkv, D]
     k4 = k4.astype(query.dtype)
+    # Only the batch dimensions are broadcast: a key-padding mask stays [B, 1, 1, Lk] (O(Lk); the
+    # blocked and ring kernels mask block by block and never need it as [Lq, Lk]).
     if mask is not None:
       nb = len(batch)
       mask = mask.reshape((1,) * max(0, nb + 3 - mask.ndim) + mask.shape)
-      mask = jnp.broadcast_to(mask, (*batch, mask.shape[-3], lq, lk))
-      mask = mask.reshape((b,) + mask.shape[-3:])  # [B, H|1, Lq, Lk]
+      if any(n > 1 for n in mask.shape[:-3]):
+        mask = jnp.broadcast_to(mask, (*batch, *mask.shape[-3:]))
+      mask = mask.reshape((-1,) + mask.shape[-3:])  # [B|1, H|1, Lq|1, Lk|1]
     params = None if self.score_params is None else jax.tree.map(
         lambda p: p[...], self.score_params, is_leaf=lambda x: isinstance(x, nnx.Variable))
     want_weights = return_weights or sow_weights
