@@ -1,11 +1,12 @@
 """Ring attention checks on 4 virtual CPU devices, run by tests/test_ring.py in a subprocess.
 
 XLA_FLAGS must give the host platform 4 devices before jax is imported, which a pytest worker (jax
-already imported) cannot do. ``python tests/ring_checks.py GROUP`` prints one JSON line
+already imported) cannot do. ``python tests/ring_checks.py GROUP [OVERRIDES]`` prints one JSON line
 ``{"checks": {name: null | error}, "numbers": {...}}``; GROUP is ``equal`` (ring vs the
-single-device dense path, outputs and gradients, every registered score) or ``memory`` (compiled
-per-device memory, a wrong ring caught, the layer under a mesh, the lm trained from a config with
-model.attention.impl=ring).
+single-device dense path, outputs and gradients, every registered score), ``memory`` (compiled
+per-device memory, a wrong ring caught, the layer under a mesh), ``lm`` (the lm trained from
+configs/shakespeare.py with OVERRIDES, a JSON {dotted key: value}, model.attention.impl=ring and
+parallel.sequence 2 and 4: its metrics and batch layout) or ``one`` (the same on one device).
 
 Tolerances are the blocked path's (tests/test_blocked.py): outputs 2e-5 + 1e-4·|dense|, gradients
 1e-4 + 1e-3·|dense| relative to the gradient's largest entry.
@@ -17,8 +18,15 @@ import os
 import sys
 import traceback
 
-os.environ["XLA_FLAGS"] = " ".join(
-    filter(None, [os.environ.get("XLA_FLAGS"), "--xla_force_host_platform_device_count=4"]))
+P = 4
+GROUP = sys.argv[1] if len(sys.argv) > 1 else ""
+DEVICES = 1 if GROUP == "one" else P
+# The lm runs' programs (train.py's plain jax.jit) compile with XLA's cheap optimisation level too:
+# they run a few tiny steps once.
+CHEAP = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+os.environ["XLA_FLAGS"] = " ".join(filter(None, [
+    os.environ.get("XLA_FLAGS"), f"--xla_force_host_platform_device_count={DEVICES}",
+    CHEAP if GROUP in ("lm", "one") else ""]))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402  (after XLA_FLAGS)
@@ -33,8 +41,8 @@ from attnlab import registry  # noqa: E402
 from attnlab import kernels  # noqa: E402
 from attnlab.kernels import ring  # noqa: E402
 from attnlab.kernels.scores import Score  # noqa: E402
+from tests import lm_runs  # noqa: E402
 
-P = 4
 B, H, HKV, D, DV = 2, 4, 2, 8, 5  # GQA groups of 2
 BLOCK = 8  # several blocks per device and ring step
 CUSTOM = "ring_checks_neg_l2"
@@ -194,28 +202,22 @@ def check_data_and_seq_mesh():
   _close(got[1], want[1], 1e-4, 1e-3, "gradient")
 
 
-def check_lm_training(numbers):
-  """The lm model trained with model.attention.impl=ring (the sequence split over the 4 devices)
-  logs the same losses as with impl=blocked (data-parallel over the same devices)."""
-  import tempfile  # pylint: disable=g-import-not-at-top
-  from attnlab import config as config_lib, train  # pylint: disable=g-import-not-at-top
-  logs = {}
-  for impl in ("blocked", "ring"):
-    c = config_lib.load_file("configs/shakespeare.py")
-    c.unlock()
-    c.task.kwargs.update(seq_len=64, eval_size=8)
-    c.model.kwargs.update(d_model=16, num_layers=1)
-    c.model.attention.update(num_heads=2, impl=impl)
-    c.optim.warmup_steps = 0
-    c.train.update(steps=4, eval_every=2, batch_size=4, eval_batch_size=8, attention_maps=False)
-    workdir = tempfile.mkdtemp(prefix=f"ring_checks_lm_{impl}_")
-    train.train_and_evaluate(c, workdir)
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-      logs[impl] = [(m["step"], m["split"], m["loss"][0]) for m in map(json.loads, f)]
-  numbers["lm_losses"] = logs
-  assert [x[:2] for x in logs["ring"]] == [x[:2] for x in logs["blocked"]]
-  assert len(logs["ring"]) == 6
-  np.testing.assert_allclose([x[2] for x in logs["ring"]], [x[2] for x in logs["blocked"]], rtol=1e-5)
+def group_lm(checks, numbers):
+  """The lm trained with ring attention and parallel.sequence P = 2 (data 2 x seq 2) and 4 (seq 4):
+  its metrics and batch layout, compared with one device by tests/test_ring.py."""
+  overrides = json.loads(sys.argv[2])
+  for p in (2, 4):
+    try:
+      numbers[f"P{p}"] = lm_runs.train_lm(overrides, p, "ring")
+      checks[f"lm/sequence_{p}"] = None
+    except Exception:  # pylint: disable=broad-except  (reported to the test, which fails)
+      checks[f"lm/sequence_{p}"] = traceback.format_exc(limit=6)[-2000:]
+
+
+def group_one(checks, numbers):
+  """The one-device reference of group_lm (for a pytest process with several devices)."""
+  numbers["P1"] = lm_runs.train_lm(json.loads(sys.argv[2]))
+  checks["lm/one_device"] = None
 
 
 def _run(fn, *args, **kwargs):
@@ -241,14 +243,13 @@ def group_memory(checks, numbers):
   checks["mutation/skipped_step_fails"] = _run(_mutant_fails, {"_steps": P - 1})
   checks["layer/mha_ring_equals_dense"] = _run(check_layer)
   checks["mesh/data_and_seq"] = _run(check_data_and_seq_mesh)
-  checks["lm/ring_losses_equal_blocked"] = _run(check_lm_training, numbers)
 
 
 def main():
   group = sys.argv[1]
-  assert len(jax.devices()) == P, jax.devices()
+  assert len(jax.devices()) == DEVICES, jax.devices()
   checks, numbers = {}, {}
-  {"equal": group_equal, "memory": group_memory}[group](checks, numbers)
+  {"equal": group_equal, "memory": group_memory, "lm": group_lm, "one": group_one}[group](checks, numbers)
   print(json.dumps({"checks": checks, "numbers": numbers}))
 
 
