@@ -108,6 +108,36 @@ def test_blocked_matches_dense(data, score, normalizer):
       np.testing.assert_array_equal(np.asarray(ob)[1, 5, 2], 0.0)  # the empty row stays zero
 
 
+@pytest.mark.parametrize("heads_per_step", ["one", "example"])
+def test_head_loops_match_dense(data, heads_per_step, monkeypatch):
+  """Both head loops of the blocked path (one head per step: the reference; all heads of an example
+  batched into each block product) = dense: per-head additive params, sigmoid with a bias, a mask
+  per head, causal, GQA; scaled_dot softmax with key padding and causal."""
+  from attnlab.kernels import _blocked  # noqa: PLC0415
+  q, k, v, mask, key_pad, cot = data
+  params = kernels.init_params("additive", jax.random.key(2), D, num_heads=H)
+  monkeypatch.setattr(_blocked, "HEADS_PER_STEP", heads_per_step)
+
+  def run(impl):
+    fa = lambda q, k, v, p: kernels.attention(q, k, v, score="additive", normalizer="sigmoid", params=p,
+                                              mask=mask, causal=True, impl=impl, block_size=(8, 16),
+                                              normalizer_kwargs={"bias": -1.0})
+    fs = lambda q, k, v: kernels.attention(q, k, v, mask=key_pad, causal=True, impl=impl, block_size=16)
+    out_a, vjp_a = jax.vjp(fa, q, k, v, params)
+    out_s, vjp_s = jax.vjp(fs, q, k, v)
+    return (out_a, vjp_a(cot)), (out_s, vjp_s(cot))
+
+  kernels.attention.clear_cache()  # traced afresh with this head loop
+  try:
+    blocked = jax.jit(lambda: run("blocked"))()
+  finally:
+    kernels.attention.clear_cache()
+  dense = jax.jit(lambda: run("dense"))()
+  for (ob, gb), (od, gd) in zip(blocked, dense):
+    np.testing.assert_allclose(ob, od, atol=2e-5, rtol=1e-4)
+    _assert_close(gb, gd, atol=1e-4, rtol=1e-3)
+
+
 def test_blocked_per_head_params_bias_and_block_shapes(data):
   """Per-head params, a sigmoid bias given as an option (and its gradient), unequal blocks."""
   q, k, v, mask, _, cot = data
@@ -126,6 +156,23 @@ def test_blocked_per_head_params_bias_and_block_shapes(data):
   np.testing.assert_allclose(ob, od, atol=2e-5, rtol=1e-4)
   _assert_close(gb, gd, atol=1e-4, rtol=1e-3)
   assert abs(float(gd[2])) > 1e-3  # the bias gradient is really tested
+
+
+@pytest.mark.parametrize("lq,lk,bq,bk", [(37, 45, 16, 16), (64, 64, 16, 8), (50, 30, 8, 16),
+                                         (96, 100, 32, 24)])
+def test_causal_plan_splits_blocks_at_the_diagonal(lq, lk, bq, bk):
+  """Each block (i, j) is skipped (no pair visible), plain (every pair visible: no causal mask) or on
+  the diagonal, by query i >= key j on its indices; forward (k_hi, k_full) and backward (q_lo,
+  q_full) bounds agree."""
+  from attnlab.kernels._blocked_passes import Plan  # noqa: PLC0415
+  plan = Plan(lq, lk, bq, bk, causal=True)
+  for i in range(plan.nq):
+    for j in range(plan.nk):
+      vis = np.arange(i * plan.bq, (i + 1) * plan.bq)[:, None] >= np.arange(j * plan.bk, (j + 1) * plan.bk)
+      expected = "skip" if not vis.any() else "plain" if vis.all() else "diagonal"
+      fwd = "skip" if j >= int(plan.k_hi(i)) else "plain" if j < int(plan.k_full(i)) else "diagonal"
+      bwd = "skip" if i < int(plan.q_lo(j)) else "diagonal" if i < int(plan.q_full(j)) else "plain"
+      assert fwd == bwd == expected, (i, j, fwd, bwd, expected)
 
 
 def test_default_block_follows_the_pairwise_intermediate():
