@@ -177,7 +177,7 @@ def test_causal_plan_splits_blocks_at_the_diagonal(lq, lk, bq, bk):
 
 def test_default_block_follows_the_pairwise_intermediate():
   """(1024, 512) pairs for dot-product scores; (256, 128) when pairwise forms [Bq, Bk, A=64]; one
-  key block when the keys fit in a query block."""
+  key block when the keys fit in a query block; square blocks when causal."""
   from attnlab.kernels import _blocked as blocked, scores  # noqa: PLC0415
   for name, expected in [("scaled_dot", (1024, 512)), ("general", (1024, 512)), ("additive", (256, 128)),
                          ("concat", (256, 128))]:
@@ -195,6 +195,9 @@ def test_default_block_follows_the_pairwise_intermediate():
   assert blocked.default_block(dot, None, 64, jnp.float32, lk=1025) == (1024, 512)
   assert blocked.default_block(add, p, 64, jnp.float32, lk=256) == (256, 256)
   assert blocked.default_block(add, p, 64, jnp.float32, lk=300) == (256, 128)
+  # causal: square blocks (about half of them skipped), also where the keys would fit one block
+  assert blocked.default_block(dot, None, 64, jnp.float32, lk=1024, causal=True) == (512, 512)
+  assert blocked.default_block(add, p, 64, jnp.float32, lk=4096, causal=True) == (128, 128)
 
 
 def test_default_blocks_one_key_block_match_dense(data):

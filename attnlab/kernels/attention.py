@@ -189,7 +189,7 @@ def attention(query: Array, key: Array, value: Array, *, score: str = "scaled_do
       "auto" then uses dense.
     block_size: (block_q, block_k) or one int for the blocked path; default
       ``blocked.default_block`` ((1024, 512) for dot-product scores, (256, 128) for additive; one
-      key block when Lk is at most the query block).
+      key block when Lk is at most the query block; causal: square (512, 512), (128, 128)).
 
   Returns:
     output [B, Lq, H, Dv]; ``(output, weights)`` with return_weights; ``(output, [weights,] aux)``
