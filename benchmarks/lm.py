@@ -155,7 +155,7 @@ class Torch:
                            init)
     self.opt = torch.optim.AdamW(self.model.parameters(), lr=args.lr, betas=(0.9, 0.99), eps=1e-8,
                                  weight_decay=0.1)
-    warm, total = args.warmup, args.steps
+    warm, total = args.warmup, max(args.steps, args.warmup + 1)  # as attnlab.steps._schedule
 
     def factor(step):  # optax.warmup_cosine_decay_schedule(0, 1, warm, total) at optimiser step `step`
       if step < warm:
