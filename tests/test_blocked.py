@@ -108,36 +108,6 @@ def test_blocked_matches_dense(data, score, normalizer):
       np.testing.assert_array_equal(np.asarray(ob)[1, 5, 2], 0.0)  # the empty row stays zero
 
 
-@pytest.mark.parametrize("heads_per_step", ["one", "example"])
-def test_head_loops_match_dense(data, heads_per_step, monkeypatch):
-  """Both head loops of the blocked path (one head per step: the reference; all heads of an example
-  batched into each block product) = dense: per-head additive params, sigmoid with a bias, a mask
-  per head, causal, GQA; scaled_dot softmax with key padding and causal."""
-  from attnlab.kernels import _blocked  # noqa: PLC0415
-  q, k, v, mask, key_pad, cot = data
-  params = kernels.init_params("additive", jax.random.key(2), D, num_heads=H)
-  monkeypatch.setattr(_blocked, "HEADS_PER_STEP", heads_per_step)
-
-  def run(impl):
-    fa = lambda q, k, v, p: kernels.attention(q, k, v, score="additive", normalizer="sigmoid", params=p,
-                                              mask=mask, causal=True, impl=impl, block_size=(8, 16),
-                                              normalizer_kwargs={"bias": -1.0})
-    fs = lambda q, k, v: kernels.attention(q, k, v, mask=key_pad, causal=True, impl=impl, block_size=16)
-    out_a, vjp_a = jax.vjp(fa, q, k, v, params)
-    out_s, vjp_s = jax.vjp(fs, q, k, v)
-    return (out_a, vjp_a(cot)), (out_s, vjp_s(cot))
-
-  kernels.attention.clear_cache()  # traced afresh with this head loop
-  try:
-    blocked = jax.jit(lambda: run("blocked"))()
-  finally:
-    kernels.attention.clear_cache()
-  dense = jax.jit(lambda: run("dense"))()
-  for (ob, gb), (od, gd) in zip(blocked, dense):
-    np.testing.assert_allclose(ob, od, atol=2e-5, rtol=1e-4)
-    _assert_close(gb, gd, atol=1e-4, rtol=1e-3)
-
-
 def test_blocked_per_head_params_bias_and_block_shapes(data):
   """Per-head params, a sigmoid bias given as an option (and its gradient), unequal blocks."""
   q, k, v, mask, _, cot = data

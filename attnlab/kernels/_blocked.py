@@ -30,7 +30,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from attnlab.kernels import _blocked_grouped as grouped
 from attnlab.kernels import _blocked_passes as passes
 from attnlab.kernels._blocked_passes import Plan, cdiv, pad_to
 
@@ -40,9 +39,6 @@ KINDS = ("softmax", "sigmoid")
 # Default blocks: (query, key) pairs per block, and elements of pairwise's largest intermediate.
 MAX_BLOCK_PAIRS = 1024 * 512
 MAX_BLOCK_ELEMS = 256 * 128 * 64
-# Heads per loop step: "example" puts all heads of one example into each block product
-# (``_blocked_grouped``); "one" runs the heads one after another (``_multihead``).
-HEADS_PER_STEP = "one"
 
 
 def _largest_intermediate_per_pair(pairwise, params, f, dtype) -> int:
@@ -216,6 +212,4 @@ def attend_blocked(q: Array, k: Array, v: Array, mask: Array | None, *, score: A
       mask = pad_to(mask, 3, plan.nq * plan.bq, False)
     if mask.shape[4] > 1:
       mask = pad_to(mask, 4, plan.nk * plan.bk, False)
-  if HEADS_PER_STEP == "example":
-    return grouped.multihead(score, kind, plan, b, per_head)(params, q, k, v, mask, bias)
   return _multihead(score, kind, plan, _Heads(b, hkv, g, per_head))(params, q, k, v, mask, bias)
