@@ -121,7 +121,7 @@ def torch_gpt(vocab, seq_len, d, layers, heads, init):
       return self.head(self.ln_f(x))
 
   model = GPT()
-  t = lambda a: torch.from_numpy(np.ascontiguousarray(a, np.float32))
+  t = lambda a: torch.from_numpy(np.array(a, np.float32))  # a writable copy
   dense = lambda p: (t(p["kernel"].reshape(-1, p["kernel"].shape[-1]).T), t(p["bias"].reshape(-1)))
   with torch.no_grad():
     model.tok.weight.copy_(t(init["embed"]["embed"]["embedding"]))
@@ -213,7 +213,8 @@ def main(argv=None):
   config = make_config(args)
   ours = Attnlab(config)
   val = ours.data.eval["val"]
-  val_batches = [(np.asarray(val["inputs"][i]), np.asarray(val["labels"][i])) for i in range(val["inputs"].shape[0])]
+  val_batches = [(np.asarray(val["inputs"][i]), np.asarray(val["labels"][i]))
+                 for i in range(val["inputs"].shape[0])]
   theirs = None if args.skip_torch else Torch(args, ours.task, ours.initial_params(), args.torch_threads)
   times = {"attnlab": [], "torch": []}
   losses = {"attnlab": [], "torch": []}
@@ -241,12 +242,13 @@ def main(argv=None):
   print(f"\n{start['isa']}\nload average at the end {result['loadavg_end']}")
   print(f"{'':<8} {'steps/s':>8} {'compile s':>10} {'wall s':>8} {'val loss':>9}")
   for name, r in result["rows"].items():
-    print(f"{name:<8} {r['steps_per_s']:>8.1f} {r['compile_s']:>10.1f} {r['wall_s']:>8.1f} {r['final_val_loss']:>9.4f}")
+    print(f"{name:<8} {r['steps_per_s']:>8.1f} {r['compile_s']:>10.1f} {r['wall_s']:>8.1f} "
+          f"{r['final_val_loss']:>9.4f}")
   if theirs is not None:
     rows = result["rows"]
     result["speedup"] = rows["attnlab"]["steps_per_s"] / rows["torch"]["steps_per_s"]
-    print(f"attnlab / torch steps/s: {result['speedup']:.2f}x; val loss {rows['attnlab']['final_val_loss']:.4f} "
-          f"vs {rows['torch']['final_val_loss']:.4f}")
+    print(f"attnlab / torch steps/s: {result['speedup']:.2f}x; val loss "
+          f"{rows['attnlab']['final_val_loss']:.4f} vs {rows['torch']['final_val_loss']:.4f}")
   with open(args.out, "w") as fh:
     json.dump(result, fh, indent=1)
   print(f"wrote {args.out}")
