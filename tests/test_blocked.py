@@ -128,9 +128,26 @@ def test_blocked_per_head_params_bias_and_block_shapes(data):
   assert abs(float(gd[2])) > 1e-3  # the bias gradient is really tested
 
 
+@pytest.mark.parametrize("lq,lk,bq,bk", [(37, 45, 16, 16), (64, 64, 16, 8), (50, 30, 8, 16),
+                                         (96, 100, 32, 24)])
+def test_causal_plan_splits_blocks_at_the_diagonal(lq, lk, bq, bk):
+  """Each block (i, j) is skipped (no pair visible), plain (every pair visible: no causal mask) or on
+  the diagonal, by query i >= key j on its indices; forward (k_hi, k_full) and backward (q_lo,
+  q_full) bounds agree."""
+  from attnlab.kernels._blocked_passes import Plan  # noqa: PLC0415
+  plan = Plan(lq, lk, bq, bk, causal=True)
+  for i in range(plan.nq):
+    for j in range(plan.nk):
+      vis = np.arange(i * plan.bq, (i + 1) * plan.bq)[:, None] >= np.arange(j * plan.bk, (j + 1) * plan.bk)
+      expected = "skip" if not vis.any() else "plain" if vis.all() else "diagonal"
+      fwd = "skip" if j >= int(plan.k_hi(i)) else "plain" if j < int(plan.k_full(i)) else "diagonal"
+      bwd = "skip" if i < int(plan.q_lo(j)) else "diagonal" if i < int(plan.q_full(j)) else "plain"
+      assert fwd == bwd == expected, (i, j, fwd, bwd, expected)
+
+
 def test_default_block_follows_the_pairwise_intermediate():
   """(1024, 512) pairs for dot-product scores; (256, 128) when pairwise forms [Bq, Bk, A=64]; one
-  key block when the keys fit in a query block."""
+  key block when the keys fit in a query block; square blocks when causal."""
   from attnlab.kernels import _blocked as blocked, scores  # noqa: PLC0415
   for name, expected in [("scaled_dot", (1024, 512)), ("general", (1024, 512)), ("additive", (256, 128)),
                          ("concat", (256, 128))]:
@@ -148,6 +165,9 @@ def test_default_block_follows_the_pairwise_intermediate():
   assert blocked.default_block(dot, None, 64, jnp.float32, lk=1025) == (1024, 512)
   assert blocked.default_block(add, p, 64, jnp.float32, lk=256) == (256, 256)
   assert blocked.default_block(add, p, 64, jnp.float32, lk=300) == (256, 128)
+  # causal: square blocks (about half of them skipped), also where the keys would fit one block
+  assert blocked.default_block(dot, None, 64, jnp.float32, lk=1024, causal=True) == (512, 512)
+  assert blocked.default_block(add, p, 64, jnp.float32, lk=4096, causal=True) == (128, 128)
 
 
 def test_default_blocks_one_key_block_match_dense(data):

@@ -16,15 +16,18 @@ and the per-row log2-sum-exp (softmax), never the weights:
     p = 2^(s' − lse'_i);  dV_j += pᵀ dO_i;  dP = dO_i v_jᵀ;  dS = p ⊙ (dP − rowsum(dO ⊙ O)_i)
     sigmoid: dS = dP ⊙ a(1 − a);  then (dparams, dfq_i, dfk_j) = vjp(pairwise)(dS)
 
-Masks: causal from block indices (blocks wholly above the diagonal are skipped in both passes: the
-loop bounds depend on the block index); a user mask [Lq|1, Lk|1] is sliced per block (size-1 dims
-stay size 1); ragged key tails are masked by index. ``exp2`` is ``fastmath.exp2`` (≤ 2e-7
+Masks: causal from block indices. Blocks wholly above the diagonal are skipped in both passes (the
+loop bounds depend on the block index); blocks wholly below it run in a loop of their own with no
+causal mask (``Plan.k_full``/``q_full``), so only the blocks on the diagonal pay for it. A user
+mask [Lq|1, Lk|1] is sliced per block (size-1 dims stay size 1); ragged key tails are masked by
+index. ``exp2`` is ``fastmath.exp2`` (≤ 2e-7
 relative); a score's ``tanh`` is its own (``jnp.tanh``, which XLA vectorises). Fully masked rows
 give zero output, as in the dense path.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -75,20 +78,35 @@ class Plan:
       return self.nk
     return jnp.minimum(self.nk, ((i + 1) * self.bq - 1) // self.bk + 1)
 
+  def k_full(self, i):
+    """Key blocks [0, k_full) are wholly visible to query block i (no causal mask there); blocks
+    [k_full, k_hi) straddle the diagonal."""
+    if not self.causal:
+      return self.nk
+    return jnp.minimum(self.k_hi(i), (i * self.bq + 1) // self.bk)
+
   def q_lo(self, j):
     """The first query block that sees key block j."""
     if not self.causal:
       return 0
     return jnp.minimum(self.nq, (j * self.bk) // self.bq)
 
-  def block_mask(self, mask, i, j):
-    """bool [Bq|1, Bk|1] for block (i, j), or None when nothing is masked."""
+  def q_full(self, j):
+    """Query blocks [q_full, nq) see key block j whole; [q_lo, q_full) straddle the diagonal."""
+    if not self.causal:
+      return 0
+    return jnp.clip(((j + 1) * self.bk - 1 + self.bq - 1) // self.bq, self.q_lo(j), self.nq)
+
+  def block_mask(self, mask, i, j, diagonal=True):
+    """bool [Bq|1, Bk|1] for block (i, j), or None when nothing is masked. ``diagonal=False``: a
+    block below the causal diagonal (no causal mask)."""
     m = None
-    if self.ragged_k or self.causal:
+    causal = self.causal and diagonal
+    if self.ragged_k or causal:
       kidx = j * self.bk + jnp.arange(self.bk)[None, :]  # [1, Bk]
       if self.ragged_k:
         m = kidx < self.lk
-      if self.causal:
+      if causal:
         qidx = i * self.bq + jnp.arange(self.bq)[:, None]  # [Bq, 1]
         c = qidx >= kidx
         m = c if m is None else m & c
@@ -99,6 +117,13 @@ class Plan:
                                  (rows, cols))
       m = mb if m is None else m & mb
     return m
+
+
+def _fori(lo, hi, body, carry):
+  """fori_loop, left out when the bounds are equal Python ints (no diagonal blocks)."""
+  if isinstance(lo, int) and isinstance(hi, int) and lo == hi:
+    return carry
+  return jax.lax.fori_loop(lo, hi, body, carry)
 
 
 def _scores(pairwise, params, fq_i, fk_j):
@@ -141,11 +166,11 @@ def forward(pairwise, kind, plan, params, fq, fk, v, mask, bias):
   def q_block(i):
     fq_i = fqb[i]  # [Bq, F]
 
-    def kv_step(j, carry):
+    def kv_step(j, carry, diagonal):
       m_run, l_run, acc = carry  # [Bq], [Bq], [Bq, Dv]
       s = _scores(pairwise, params, fq_i, fkb[j])  # [Bq, Bk]
       s = s if fold else s * LOG2E  # log2 units
-      m = plan.block_mask(mask, i, j)
+      m = plan.block_mask(mask, i, j, diagonal)
       if kind == "softmax":
         s2 = s
         if m is not None:
@@ -163,7 +188,8 @@ def forward(pairwise, kind, plan, params, fq, fk, v, mask, bias):
 
     init = (jnp.full((plan.bq,), _NEG, jnp.float32), jnp.zeros((plan.bq,), jnp.float32),
             jnp.zeros((plan.bq, dv), jnp.float32))
-    m_run, l_run, acc = jax.lax.fori_loop(0, plan.k_hi(i), kv_step, init)
+    carry = _fori(0, plan.k_full(i), functools.partial(kv_step, diagonal=False), init)
+    m_run, l_run, acc = _fori(plan.k_full(i), plan.k_hi(i), functools.partial(kv_step, diagonal=True), carry)
     if kind == "softmax":
       ok = l_run > 0
       out = acc / jnp.where(ok, l_run, 1.0)[:, None]
@@ -204,10 +230,10 @@ def backward(pairwise, kind, plan, params, fq, fk, v, mask, bias, out, lse, dout
     dfq, dparams, dbias = carry
     fk_j, v_j = fkb[j], vb[j]  # [Bk, F], [Bk, Dv]
 
-    def q_step(i, c):
+    def q_step(i, c, diagonal):
       dfq, dparams, dbias, dfk_j, dv_j = c
       fq_i, do_i = fqb[i], dob[i]
-      m = plan.block_mask(mask, i, j)
+      m = plan.block_mask(mask, i, j, diagonal)
       if dot_family:  # transposed blocks aᵀ, dPᵀ, dSᵀ [Bk, Bq]
         fq32, fk32 = fq_i.astype(jnp.float32), fk_j.astype(jnp.float32)
         s2 = mm(fk32, fq2tb[i], 1, 0)  # sᵀ [Bk, Bq]
@@ -229,7 +255,9 @@ def backward(pairwise, kind, plan, params, fq, fk, v, mask, bias, out, lse, dout
 
     init = (dfq, dparams, dbias, jnp.zeros((plan.bk, f), jnp.float32),
             jnp.zeros((plan.bk, dv), jnp.float32))
-    dfq, dparams, dbias, dfk_j, dv_j = jax.lax.fori_loop(plan.q_lo(j), plan.nq, q_step, init)
+    carry = _fori(plan.q_lo(j), plan.q_full(j), functools.partial(q_step, diagonal=True), init)
+    plain = functools.partial(q_step, diagonal=False)
+    dfq, dparams, dbias, dfk_j, dv_j = _fori(plan.q_full(j), plan.nq, plain, carry)
     return (dfq, dparams, dbias), (dfk_j, dv_j)
 
   init = (jnp.zeros((plan.nq, f, plan.bq), jnp.float32), zeros_like(params), jnp.zeros((), jnp.float32))

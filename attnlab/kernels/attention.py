@@ -17,7 +17,9 @@ Two implementations of the one-head kernel, chosen by ``impl``:
 * ``"ring"``: ``ring.attend_ring``, the blocked passes with the sequence split over the mesh axis
   ``ring.SEQ_AXIS`` of the mesh set by ``jax.set_mesh`` (key/value blocks pass around the ring of
   devices); same conditions as blocked.
-* ``"auto"`` (default): blocked when it applies and Lq·Lk ≥ ``AUTO_BLOCKED_MIN_PAIRS``, else dense.
+* ``"auto"`` (default): ``dispatch.choose_impl(jax.default_backend(), ...)``: on GPU, scaled-dot
+  softmax soft attention goes to ``jax.nn.dot_product_attention`` (cuDNN where JAX selects it);
+  otherwise blocked when it applies and Lq·Lk ≥ ``AUTO_BLOCKED_MIN_PAIRS``, else dense.
 
 Dense maps the one-head kernel over (batch, kv head, group) with ``jax.vmap`` (``_batched``);
 blocked loops over the same slices inside its own custom_vjp (``blocked.py``: one head at a time,
@@ -34,6 +36,7 @@ import jax.numpy as jnp
 
 from attnlab.kernels import _dtypes, _params
 from attnlab.kernels import _blocked
+from attnlab.kernels import dispatch as _dispatch
 from attnlab.kernels import normalizers as _normalizers
 from attnlab.kernels import ring as _ring
 from attnlab.kernels import scores as _scores
@@ -42,8 +45,7 @@ from attnlab.kernels import targets as _targets
 Array = jax.Array
 
 IMPLS = ("auto", "dense", "blocked", "ring")
-# auto: blocked from this many (query, key) pairs per head (dense is faster below, see benchmarks/).
-AUTO_BLOCKED_MIN_PAIRS = 256 * 256
+AUTO_BLOCKED_MIN_PAIRS = _dispatch.AUTO_BLOCKED_MIN_PAIRS
 
 
 def attend_one_head(q, k, v, mask, *, score, normalizer, target, params=None, rng=None,
@@ -142,25 +144,6 @@ def _batched(kernel, q, k, v, mask, params, rngs, per_head):
   return jax.vmap(per_example, in_axes=(0, 0, 0, m_b, r))(q, k, v, squeeze(mask, m_b), rngs)
 
 
-def _blocked_kind(norm, tgt, normalizer, target, return_weights, normalizer_kwargs):
-  """("softmax" | "sigmoid", None) when the blocked path applies, else (None, why not)."""
-  kind = {_normalizers.softmax: "softmax", _normalizers.sigmoid: "sigmoid"}.get(norm.fn)
-  if kind is None or not norm.online:
-    return None, (f"normalizer {normalizer!r} has no online (blocked) form; blocked supports "
-                  "'softmax' and 'sigmoid'")
-  if tgt.fn is not _targets.soft:
-    return None, f"target {target!r} needs the weights; blocked supports only target='soft'"
-  if return_weights:
-    return None, "return_weights=True needs the [Lq, Lk] weights, which blocked never forms"
-  extra = set(normalizer_kwargs or {}) - {"bias"}
-  if extra:
-    return None, f"normalizer options {sorted(extra)} are not supported by blocked"
-  bias = (normalizer_kwargs or {}).get("bias")
-  if bias is not None and jnp.size(bias) != 1:
-    return None, "a non-scalar sigmoid bias is not supported by blocked"
-  return kind, None
-
-
 def _check_block_size(block_size):
   if block_size is None:
     return None, None  # blocked.default_block
@@ -206,7 +189,7 @@ def attention(query: Array, key: Array, value: Array, *, score: str = "scaled_do
       "auto" then uses dense.
     block_size: (block_q, block_k) or one int for the blocked path; default
       ``blocked.default_block`` ((1024, 512) for dot-product scores, (256, 128) for additive; one
-      key block when Lk is at most the query block).
+      key block when Lk is at most the query block; causal: square (512, 512), (128, 128)).
 
   Returns:
     output [B, Lq, H, Dv]; ``(output, weights)`` with return_weights; ``(output, [weights,] aux)``
@@ -226,15 +209,23 @@ def attention(query: Array, key: Array, value: Array, *, score: str = "scaled_do
   if impl not in IMPLS:
     raise ValueError(f"attention: impl must be one of {IMPLS}, got {impl!r}")
   block_q, block_k = _check_block_size(block_size)
-  kind, why_not = _blocked_kind(norm, tgt, normalizer, target, return_weights, normalizer_kwargs)
+  kind, why_not = _dispatch.blocked_kind(normalizer, target, return_weights=return_weights,
+                                         normalizer_kwargs=normalizer_kwargs)
   if impl in ("blocked", "ring") and kind is None:
     raise ValueError(f"attention: impl={impl!r} does not apply: {why_not}. Use impl='dense' or "
                      f"impl='auto' (valid impl values: {IMPLS})")
   if impl == "ring":
     _ring.seq_mesh()  # a clear error before any work when there is no sequence mesh
-  use_blocked = kind is not None and (impl in ("blocked", "ring") or (
-      impl == "auto" and lq * lk >= AUTO_BLOCKED_MIN_PAIRS))
   per_head = _params.per_head("attention", score, score_fn.init, params, d, h, "init_params")
+  if impl == "auto":
+    impl = _dispatch.choose_impl(jax.default_backend(), score, normalizer, target,
+                                 return_weights=return_weights, normalizer_kwargs=normalizer_kwargs,
+                                 lq=lq, lk=lk, d=d, dv=value.shape[-1])
+  if impl == "dpa":
+    out = _dispatch.dot_product_attention(query, key, value, _mask4(mask, causal, b, h, lq, lk, False),
+                                          causal)
+    return (out, {}) if return_aux else out
+  use_blocked = impl in ("blocked", "ring")
   mask4 = _mask4(mask, causal, b, h, lq, lk, broadcast=not use_blocked)
   if mask4 is not None:
     mb, mh = mask4.shape[:2]

@@ -36,12 +36,29 @@ def _row_max(scores, mask):  # [Lq, Lk] -> [Lq, 1], 0 for rows with no valid ent
   return jax.lax.stop_gradient(jnp.where(jnp.isfinite(m), m, 0.0))
 
 
-@_dtypes.in_compute_dtype
-def softmax(scores: Array, mask: Array) -> Array:
+def _rowdot(a: Array, b: Array) -> Array:
+  """Σ_k a_k b_k over the last axis, kept: [..., 1]. A dot product, not sum(a * b): XLA:CPU runs the
+  fused multiply-and-sum several times slower (docs/performance.md)."""
+  return jnp.einsum("...k,...k->...", a, b)[..., None]
+
+
+@jax.custom_jvp
+def _softmax(scores: Array, mask: Array) -> Array:
   z = jnp.where(mask, scores - _row_max(scores, mask), -jnp.inf)
   e = jnp.exp(z)  # exactly 0 where masked
   total = jnp.sum(e, axis=-1, keepdims=True)
   return e / jnp.where(total > 0, total, 1.0)
+
+
+@_softmax.defjvp
+def _softmax_jvp(primals, tangents):
+  p = _softmax(*primals)
+  t = tangents[0]
+  return p, p * (t - _rowdot(p, t))  # 0 where masked (p = 0)
+
+
+softmax = _dtypes.in_compute_dtype(_softmax)
+softmax.__doc__ = "Softmax of scores [Lq, Lk] under mask [Lq, Lk]: weights exactly 0 where masked."
 
 
 def _sorted_shifted(scores, mask, scale):
@@ -90,9 +107,8 @@ def _simplex_jvp(forward, slope):
     scores, mask = primals
     p = f(scores, mask)
     g = slope(p)  # [Lq, Lk], 0 outside the support
-    gt = g * tangents[0]
     total = jnp.sum(g, axis=-1, keepdims=True)
-    return p, gt - g * jnp.sum(gt, axis=-1, keepdims=True) / jnp.where(total > 0, total, 1.0)
+    return p, g * tangents[0] - g * _rowdot(g, tangents[0]) / jnp.where(total > 0, total, 1.0)
 
   return f
 

@@ -72,7 +72,14 @@ class _StepPlan(passes.Plan):
       return 0
     return jnp.minimum(self.nq, (j * self.bk + self.off) // self.bq)
 
-  def block_mask(self, mask, i, j):
+  def k_full(self, i):  # every block is masked (the arriving block's valid keys): none is plain
+    return 0
+
+  def q_full(self, j):
+    return self.nq
+
+  def block_mask(self, mask, i, j, diagonal=True):
+    del diagonal
     kidx = j * self.bk + jnp.arange(self.bk)[None, :]  # [1, Bk]
     m = kidx < self.k_valid
     if self.causal:
