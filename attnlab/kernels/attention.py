@@ -17,8 +17,9 @@ Two implementations of the one-head kernel, chosen by ``impl``:
 * ``"ring"``: ``ring.attend_ring``, the blocked passes with the sequence split over the mesh axis
   ``ring.SEQ_AXIS`` of the mesh set by ``jax.set_mesh`` (key/value blocks pass around the ring of
   devices); same conditions as blocked.
-* ``"auto"`` (default): ``dispatch.choose_impl(jax.default_backend(), ...)``: on GPU, scaled-dot
-  softmax soft attention goes to ``jax.nn.dot_product_attention`` (cuDNN where JAX selects it);
+* ``"auto"`` (default): ``dispatch.choose_impl(jax.default_backend(), ...)``: on an NVIDIA GPU,
+  scaled-dot softmax soft attention in half precision goes to cuDNN's fused kernel (through
+  ``jax.nn.dot_product_attention``);
   otherwise blocked when it applies and Lq·Lk ≥ ``AUTO_BLOCKED_MIN_PAIRS``, else dense.
 
 Dense maps the one-head kernel over (batch, kv head, group) with ``jax.vmap`` (``_batched``);
@@ -220,7 +221,7 @@ def attention(query: Array, key: Array, value: Array, *, score: str = "scaled_do
   if impl == "auto":
     impl = _dispatch.choose_impl(jax.default_backend(), score, normalizer, target,
                                  return_weights=return_weights, normalizer_kwargs=normalizer_kwargs,
-                                 lq=lq, lk=lk, d=d, dv=value.shape[-1])
+                                 lq=lq, lk=lk, d=d, dv=value.shape[-1], dtype=str(query.dtype))
   if impl == "dpa":
     out = _dispatch.dot_product_attention(query, key, value, _mask4(mask, causal, b, h, lq, lk, False),
                                           causal)

@@ -2,10 +2,11 @@
 
     choose_impl(platform, score, normalizer, target, ..., lq, lk) -> "dpa" | "blocked" | "dense"
 
-* ``"dpa"`` (GPU only): ``jax.nn.dot_product_attention`` with ``implementation=None`` (JAX's choice;
-  in jax 0.10.2 that is its XLA implementation, cuDNN's fused kernel once JAX selects it), for
-  ``scaled_dot`` + ``softmax`` + ``soft`` with equal key and value widths, no returned weights and
-  no normalizer options: the one category a vendor kernel computes.
+* ``"dpa"`` (NVIDIA GPU only): ``jax.nn.dot_product_attention(implementation="cudnn")``, cuDNN's
+  fused flash attention, for ``scaled_dot`` + ``softmax`` + ``soft`` in float16/bfloat16 with equal
+  key and value widths of at most 128 (a multiple of 8), no returned weights and no normalizer
+  options: the one category and the shapes a vendor kernel computes. (``implementation=None`` would
+  be JAX's dense XLA path, O(L²) memory, in jax 0.10.)
 * ``"blocked"``: the online-softmax path (``_blocked``) wherever it applies and the head has at
   least ``AUTO_BLOCKED_MIN_PAIRS`` (query, key) pairs; on CPU and TPU also for ``scaled_dot``.
 * ``"dense"``: everything else (every normalizer and target, returned weights, short sequences).
@@ -23,7 +24,8 @@ Array = jax.Array
 
 # auto: blocked from this many (query, key) pairs per head (dense is faster below, see benchmarks/).
 AUTO_BLOCKED_MIN_PAIRS = 256 * 256
-DPA_PLATFORMS = ("gpu", "cuda", "rocm")
+DPA_PLATFORMS = ("gpu", "cuda")
+DPA_DTYPES = ("float16", "bfloat16")
 
 
 def blocked_kind(normalizer, target, *, return_weights=False, normalizer_kwargs=None):
@@ -51,21 +53,22 @@ def blocked_kind(normalizer, target, *, return_weights=False, normalizer_kwargs=
 
 
 def choose_impl(platform: str, score: str, normalizer, target, *, return_weights: bool = False,
-                normalizer_kwargs: dict | None = None, lq: int, lk: int, d: int, dv: int) -> str:
+                normalizer_kwargs: dict | None = None, lq: int, lk: int, d: int, dv: int,
+                dtype: str = "float32") -> str:
   """The implementation ``impl="auto"`` uses on ``platform`` (``jax.default_backend()``).
 
   Args:
-    platform: "cpu", "gpu" (or "cuda"/"rocm"), "tpu", ...
+    platform: "cpu", "gpu" (or "cuda"), "rocm", "tpu", ...
     score, normalizer, target: the call's categories (names, or a ``Target``).
     return_weights, normalizer_kwargs: as passed to ``attention``.
-    lq, lk: query and key lengths; d, dv: key and value widths.
+    lq, lk: query and key lengths; d, dv: key and value widths; dtype: the query's dtype name.
   Returns:
     "dpa", "blocked" or "dense" (see the module docstring).
   """
   kind, _ = blocked_kind(normalizer, target, return_weights=return_weights,
                          normalizer_kwargs=normalizer_kwargs)
   if (platform in DPA_PLATFORMS and score == "scaled_dot" and kind == "softmax" and not normalizer_kwargs
-      and d == dv):
+      and str(dtype) in DPA_DTYPES and d == dv and d <= 128 and d % 8 == 0):
     return "dpa"
   return "blocked" if kind is not None and lq * lk >= AUTO_BLOCKED_MIN_PAIRS else "dense"
 
@@ -83,7 +86,7 @@ def _rows_with_keys(mask: Array, causal: bool, lq: int) -> Array:
 
 
 def dot_product_attention(query: Array, key: Array, value: Array, mask: Array | None, causal: bool,
-                          implementation: str | None = None) -> Array:
+                          implementation: str | None = "cudnn") -> Array:
   """Scaled dot-product softmax attention through ``jax.nn.dot_product_attention``.
 
   query [B, Lq, H, D], key/value [B, Lk, Hkv, D] (GQA: Hkv divides H), mask bool [B|1, H|1, Lq|1, Lk|1]
