@@ -43,6 +43,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from attnlab import kernels, losses, parallel, registry, results  # noqa: E402
 from attnlab.attention_spec import AttentionSpec  # noqa: E402
 from attnlab.kernels import ring  # noqa: E402
+import _isa  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 H, D = 8, 64
 LM = {"d_model": 128, "num_layers": 4}
@@ -51,12 +52,7 @@ COLLECTIVES = ("all-gather", "all-to-all", "collective-permute", "all-reduce", "
 
 
 def _cpu_flags() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      flags = next(line for line in f if line.startswith("flags")).split()
-  except (OSError, StopIteration):
-    return "unknown"
-  return ",".join(x for x in ("avx512f", "avx2", "fma") if x in flags) or "none of avx512f/avx2/fma"
+  return ",".join(_isa.vector_extensions()) or "unknown"
 
 
 def _bytes(compiled) -> int:
