@@ -81,10 +81,10 @@ def test_deterministic_in_seed_and_step_and_eval_fixed():
   np.testing.assert_array_equal(a.eval_set("test")["inputs"], b.eval_set("test")["inputs"])
 
 
-@pytest.mark.parametrize("knobs,match", [({"image_size": 30}, "image_size"),
+@pytest.mark.parametrize("kwargs,match", [({"image_size": 30}, "image_size"),
                                          ({"image_size": 20}, "image_size"),
                                          ({"object_size": 8}, "object_size"), ({"eval_size": 7}, "eval_size"),
                                          ({"colours": 3}, "valid kwargs")])
-def test_bad_knobs_name_the_knob(knobs, match):
+def test_bad_kwargs_name_the_kwarg(kwargs, match):
   with pytest.raises(ValueError, match=match):
-    registry.get("task", "sort_of_clevr")(**knobs)
+    registry.get("task", "sort_of_clevr")(**kwargs)

@@ -23,7 +23,7 @@ half relational, half non-relational, and the metrics ``relational_accuracy`` an
 
 Batch: ``inputs`` (the image) float32 [B, S, S, 3] in [0, 1], ``question`` float32 [B, 11], ``label``
 int32 [B],
-``relational`` bool [B]. Knobs: ``image_size`` S (a multiple of 4, at least 24; default 32, against
+``relational`` bool [B]. Kwargs: ``image_size`` S (a multiple of 4, at least 24; default 32, against
 the paper's 75: a 4×4 map of 8-pixel cells keeps a CNN small enough for a 2-core CPU), ``object_size``
 (side of a square and diameter of a circle, 5 .. S/4 − 1, so circles and squares differ in
 pixels; default max(5, S/4 − 3)), ``eval_size``.
@@ -106,7 +106,7 @@ def answers(centres: np.ndarray, shapes: np.ndarray, colour: np.ndarray, relatio
 @register_task("sort_of_clevr")
 def make_sort_of_clevr(*, image_size: int = 32, object_size: int | None = None,
                        eval_size: int = 500) -> Task:
-  """Sort-of-CLEVR. Knobs: image_size (multiple of 4, >= 24), object_size (5 .. image_size/4 - 1;
+  """Sort-of-CLEVR. Kwargs: image_size (multiple of 4, >= 24), object_size (5 .. image_size/4 - 1;
   default max(5, image_size/4 - 3)), eval_size (val and test each; even, so each is half relational)."""
   name = "sort_of_clevr"
   size = check_kwarg(name, "image_size", image_size, 24)
