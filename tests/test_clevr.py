@@ -70,6 +70,22 @@ def test_objects_are_apart_distinct_colours_and_inside_the_image():
     assert np.all(c - obj / 2 >= 0) and np.all(c + obj / 2 <= size)
 
 
+@pytest.mark.parametrize("size,obj", [(32, 5), (40, 7), (48, 6)])
+def test_render_lights_the_pixels_whose_centres_lie_in_each_shape(size, obj):
+  centres, shapes = clevr.scenes(np.random.default_rng(size), 20, size, obj)
+  images = clevr.render(centres, shapes, size, obj)
+  for image, c, shape in zip(images, centres, shapes):
+    expect = np.zeros((size, size, 3), np.float32)
+    for (cy, cx), s, rgb in zip(c, shape, COLOURS.values()):
+      for y in range(size):
+        for x in range(size):
+          dy, dx = y + 0.5 - cy, x + 0.5 - cx
+          inside = abs(dy) < obj / 2 and abs(dx) < obj / 2 and (s == 0 or dy * dy + dx * dx <= obj * obj / 4)
+          if inside:
+            expect[y, x] = rgb
+    np.testing.assert_array_equal(image, expect)
+
+
 def test_deterministic_in_seed_and_step_and_eval_fixed():
   make = registry.get("task", "sort_of_clevr")
   a, b = make(eval_size=8), make(eval_size=8)

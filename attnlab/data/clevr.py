@@ -76,15 +76,22 @@ def _ties(centres: np.ndarray) -> np.ndarray:
 
 def render(centres: np.ndarray, shapes: np.ndarray, size: int, object_size: int) -> np.ndarray:
   """Images [n, S, S, 3]: an object covers the s×s pixels around its centre (a square), or those
-  whose centres lie within s/2 of it (a circle: the square less its corners)."""
-  pix = np.arange(size, dtype=np.float32) + 0.5
-  dy = pix[None, None, :, None] - centres[:, :, 0, None, None]  # [n, 6, S, 1]
-  dx = pix[None, None, None, :] - centres[:, :, 1, None, None]  # [n, 6, 1, S]
-  half = object_size / 2
-  square = (np.abs(dy) < half) & (np.abs(dx) < half)  # [n, 6, S, S]
-  circle = square & (dy ** 2 + dx ** 2 <= half ** 2)
-  inside = np.where(shapes[:, :, None, None] == 1, circle, square)
-  return np.einsum("nkyx,kc->nyxc", inside.astype(np.float32), RGB)  # objects never overlap
+  whose centres lie within s/2 of it (a circle: the square less its corners). Each object is one
+  s×s stamp written at its corner (centres sit s/2 from whole pixels, as ``scenes`` places them)."""
+  n, s = len(centres), object_size
+  corner = centres - s / 2  # [n, 6, 2]
+  top = np.rint(corner).astype(np.int64)
+  if np.any(np.abs(corner - top) > 1e-6) or np.any(top < 0) or np.any(top + s > size):
+    raise ValueError("render: object centres must lie s/2 from whole pixels, inside the image")
+  d = np.arange(s) + 0.5 - s / 2  # pixel centres relative to the object's centre
+  square = np.ones((s, s), bool)
+  circle = d[:, None] ** 2 + d[None, :] ** 2 <= (s / 2) ** 2
+  stamps = np.stack([square, circle]).astype(np.float32)[shapes]  # [n, 6, s, s]
+  rows = top[:, :, 0, None, None] + np.arange(s)[:, None]  # [n, 6, s, 1]
+  cols = top[:, :, 1, None, None] + np.arange(s)[None, :]  # [n, 6, 1, s]
+  image = np.zeros((n, size, size, 3), np.float32)
+  image[np.arange(n)[:, None, None, None], rows, cols] = stamps[..., None] * RGB[:, None, None]
+  return image  # objects never overlap
 
 
 def answers(centres: np.ndarray, shapes: np.ndarray, colour: np.ndarray, relational: np.ndarray,
