@@ -5,6 +5,7 @@ al. 2017's Sort-of-CLEVR setting):
 
     image [B, S, S, C] -> conv_layers × (Conv k×k stride 2, ReLU; k = kernel)       -> [B, g, g, c]
     regions: each of the g·g cells, with its (row, col) in [-1, 1]                 -> [B, g², c + 2]
+             (region_embedding=True: R also gets a learned vector per cell, as ViT's positions)
     mode="mlp":        the flattened cells and the question -> MLP (Santoro's CNN + MLP baseline)
     mode="cross":      R = Dense(regions); the question embedding is the QUERY of a
                        cross-attention over R                                     -> a [B, d]
@@ -83,8 +84,8 @@ class VQA(nnx.Module):
 
   def __init__(self, *, spec: dict, rngs: nnx.Rngs, attention: AttentionSpec, mode: str = "self_cross",
                channels: int = 32, conv_layers: int = 3, kernel: int = 3, d_model: int = 64,
-               self_layers: int = 1, hidden: int = 128, entropy_bonus: float = 0.01,
-               baseline_decay: float = 0.9):
+               self_layers: int = 1, hidden: int = 128, region_embedding: bool = False,
+               entropy_bonus: float = 0.01, baseline_decay: float = 0.9):
     _common.check_spec(self.name, spec, "num_classes", "image_size", "channels", "question_dim")
     where = f"model {self.name!r}"
     self.mode = validate.choice(where, "mode", mode, MODES)
@@ -98,11 +99,13 @@ class VQA(nnx.Module):
     q = spec["question_dim"]
     self.question = nnx.Linear(q, d_model, rngs=rngs)
     if mode == "mlp":
-      self.regions = self.ln = self.attn = self.relate = nnx.data(None)
+      self.regions = self.ln = self.attn = self.relate = self.embedding = nnx.data(None)
       head_in = g * g * (channels + 2) + d_model
     else:
       self.regions = nnx.Linear(channels + 2 + (q if mode == "self_cross" else 0), d_model, rngs=rngs)
       self.ln = nnx.LayerNorm(d_model, rngs=rngs)
+      self.embedding = (nnx.Param(0.02 * jax.random.normal(rngs.params(), (g * g, d_model)))
+                        if region_embedding else nnx.data(None))  # [g², d], learned per region
       self.relate = (Stack(rngs=rngs, **stack_options(self.name, d_model=d_model, num_layers=self_layers,
                                                       mlp_dim=None, dropout_rate=0.0, attention=attention))
                      if mode == "self_cross" else nnx.data(None))
@@ -126,7 +129,8 @@ class VQA(nnx.Module):
       if self.mode == "self_cross":
         cells = jnp.concatenate([cells, jnp.broadcast_to(question[:, None], (b, cells.shape[1],
                                                                             question.shape[-1]))], -1)
-      r = self.ln(self.regions(cells))  # [B, g², d]
+      r = self.regions(cells)  # [B, g², d]
+      r = self.ln(r if self.embedding is None else r + self.embedding[...])
       if self.relate is not None:
         r, aux = self.relate(r, mask=None, query_mask=None, train=train)  # regions attend to regions
       a, cross_aux = attend(self.attn, qe[:, None], r, train=train)  # [B, 1, d]: question over regions

@@ -10,8 +10,8 @@ Every run is configs/sort_of_clevr.py (model ``vqa``, 3 seeds vmapped) with one 
 |----------|----------------------------------------------------------------------------------|
 | mode     | no attention (CNN + MLP, Santoro et al.'s baseline) vs cross-attention only (the  |
 |          | question attends over the regions) vs self- then cross-attention (soft, scaled_dot) |
-| category | self_cross with a hard target (one region per query, REINFORCE) and with the      |
-|          | additive score; their reference (soft, scaled_dot) is mode's self_cross           |
+| category | cross with a hard target (each head's glimpse samples one region, REINFORCE) and  |
+|          | with the additive score; their reference (soft, scaled_dot) is mode's cross      |
 
 ``:tiny`` is a shrunken copy for the tests (2 runs, 6 steps, 24-pixel images).
 """
@@ -29,9 +29,9 @@ def get_config(arg=None):
   mode = "model.kwargs.mode"
   c.grids = [
       {"group": "mode", "config": config, "axes": {mode: ["mlp", "cross", "self_cross"]}},
-      {"group": "category", "config": config, "fixed": {mode: "self_cross"},
+      {"group": "category", "config": config, "fixed": {mode: "cross"},
        "axes": {"model.attention.target": ["hard"]}},
-      {"group": "category", "config": config, "fixed": {mode: "self_cross"},
+      {"group": "category", "config": config, "fixed": {mode: "cross"},
        "axes": {"model.attention.score": ["additive"]}},
   ]
   if tiny:
