@@ -10,8 +10,11 @@ Every run is configs/sort_of_clevr.py (model ``vqa``, 3 seeds vmapped) with one 
 |----------|----------------------------------------------------------------------------------|
 | mode     | no attention (CNN + MLP, Santoro et al.'s baseline) vs cross-attention only (the  |
 |          | question attends over the regions) vs self- then cross-attention (soft, scaled_dot) |
-| category | cross with a hard target (each head's glimpse samples one region, REINFORCE) and  |
-|          | with the additive score; their reference (soft, scaled_dot) is mode's cross      |
+| target   | cross: soft vs hard (each head's glimpse samples one region, REINFORCE)          |
+| score    | cross: scaled_dot vs additive                                                    |
+
+target and score use the cross model (one attention layer, so the category is the question's
+glimpse alone); their soft / scaled_dot run is mode's cross run, whose lines they reuse.
 
 ``:tiny`` is a shrunken copy for the tests (2 runs, 6 steps, 24-pixel images).
 """
@@ -29,10 +32,10 @@ def get_config(arg=None):
   mode = "model.kwargs.mode"
   c.grids = [
       {"group": "mode", "config": config, "axes": {mode: ["mlp", "cross", "self_cross"]}},
-      {"group": "category", "config": config, "fixed": {mode: "cross"},
-       "axes": {"model.attention.target": ["hard"]}},
-      {"group": "category", "config": config, "fixed": {mode: "cross"},
-       "axes": {"model.attention.score": ["additive"]}},
+      {"group": "target", "config": config, "fixed": {mode: "cross"},
+       "axes": {"model.attention.target": ["soft", "hard"]}},
+      {"group": "score", "config": config, "fixed": {mode: "cross"},
+       "axes": {"model.attention.score": ["scaled_dot", "additive"]}},
   ]
   if tiny:
     c.grids = [{"group": "mode", "config": config, "axes": {mode: ["mlp", "self_cross"]}}]
