@@ -24,8 +24,11 @@ and Tell):
 with reward r_b = −CE_b (the example's mean token CE), ``baseline`` the bias-corrected exponential
 moving average of the batch-mean rewards of EARLIER training steps (``model.baseline``, a non-Param
 nnx.Variable updated in training calls with decay ``model.baseline_decay``; 0 before the first)
-and λ = ``model.entropy_bonus``. Extra metrics then:
-``reinforce`` (the surrogate term), ``baseline``, ``entropy``.
+and λ = ``model.entropy_bonus``. A model whose ``aux`` also has ``value`` [B], a learned
+prediction of r_b from what the sample does not depend on (Mnih et al. 2014, Recurrent Models of
+Visual Attention), gets that as a per-example baseline instead, and the loss adds
+mean_b[(value_b − r_b)²]. Extra metrics then: ``reinforce`` (the surrogate term), ``baseline``
+(its batch mean), ``entropy`` (and ``value_loss``).
 """
 
 from __future__ import annotations
@@ -98,11 +101,14 @@ def loss_and_metrics(model: Any, batch: dict, *, family: str, train: bool) -> tu
                        "(hard attention) but has no `baseline` variable "
                        "(see attnlab.models._common.reinforce_state)")
     reward = jax.lax.stop_gradient(-ce)  # [B]
-    baseline = model.baseline.value_now()
+    baseline = aux["value"] if "value" in aux else model.baseline.value_now()  # [B] or []
     surrogate = reinforce_surrogate(aux["log_prob"], reward, baseline)
     entropy = jnp.mean(aux["entropy"]) if "entropy" in aux else jnp.zeros(())
     loss = loss + surrogate - model.entropy_bonus * entropy
+    if "value" in aux:  # the learned baseline regresses the reward
+      metrics["value_loss"] = jnp.mean((aux["value"] - reward) ** 2)
+      loss = loss + metrics["value_loss"]
     if train:
       model.baseline.update(jnp.mean(reward), model.baseline_decay)
-    metrics.update(reinforce=surrogate, baseline=baseline, entropy=entropy)
+    metrics.update(reinforce=surrogate, baseline=jnp.mean(baseline), entropy=entropy)
   return loss, {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}

@@ -4,6 +4,8 @@ the regions of a CNN's feature map, after a self-attention step among the region
     attnlab train --config=configs/sort_of_clevr.py --workdir=runs/sort_of_clevr
     attnlab train --config=configs/sort_of_clevr.py:tiny --workdir=...   # the tests' shrunken copy
     attnlab train --config=configs/sort_of_clevr.py:sagan --workdir=...  # sagan_classifier instead
+    attnlab train --config=configs/sort_of_clevr.py:hard --workdir=... \
+        --config.model.kwargs.baseline=learned --config.model.kwargs.entropy_bonus=0  # REINFORCE options
 
 32-pixel images (the paper's are 75): a 3-layer stride-2 CNN with non-overlapping 2×2 windows gives
 a 4×4 map of regions, each exactly one cell of the task's grid, small enough for a 2-core CPU.
@@ -26,6 +28,9 @@ def get_config(arg=None):
                      "hidden": 16 if tiny else 128, "region_embedding": True}
   c.model.attention.update(score="scaled_dot", normalizer="softmax", target="soft",
                            num_heads=1 if tiny else 4)
+  if arg == "hard":  # the question's glimpse samples one region per head (REINFORCE), in cross
+    c.model.kwargs.update(mode="cross", entropy_bonus=0.01, baseline="average")
+    c.model.attention.target = "hard"
   if arg == "sagan":  # the SAGAN layer between conv stages (score "dot", one head: the paper's)
     c.model.name = "sagan_classifier"
     c.model.kwargs = {"channels": 32, "hidden": 128}

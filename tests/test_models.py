@@ -262,6 +262,31 @@ def test_loss_adds_reinforce_term_and_updates_baseline_only_in_training():
   assert not any("baseline" in path for path, _ in nnx.to_flat_state(nnx.state(model, nnx.Param)))
 
 
+def test_learned_baseline_is_per_example_and_regresses_the_reward():
+  family, spec, batch = TASKS["vqa"]
+  model = _model("vqa", spec, {"mode": "cross", "channels": 4, "conv_layers": 2, "d_model": 8,
+                               "hidden": 8, "baseline": "learned"}, {"target": "hard"})
+  loss, m = losses.loss_and_metrics(model, batch, family=family, train=False)  # argmax samples
+  logits, aux = model(batch, train=False)
+  value = np.asarray(aux["value"])  # [B]
+  assert value.shape == (B,) and np.ptp(value) > 0  # one baseline per example
+  # the per-example advantage, by hand: CE per example with numpy's log-softmax
+  z = np.asarray(logits, np.float64)
+  ce = np.log(np.exp(z - z.max(-1, keepdims=True)).sum(-1)) + z.max(-1) - z[np.arange(B), batch["label"]]
+  np.testing.assert_allclose(m["value_loss"], np.mean((value + ce) ** 2), rtol=1e-4)
+  np.testing.assert_allclose(m["baseline"], value.mean(), rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(loss, m["loss"] + m["reinforce"] + m["value_loss"] - 0.01 * m["entropy"],
+                             rtol=1e-5)
+  # the value head learns from value_loss alone: its gradient does not reach the regions or question
+  grads = nnx.grad(lambda mdl: losses.loss_and_metrics(mdl, batch, family=family, train=False)[1]
+                   ["value_loss"])(model)
+  flat = {"/".join(map(str, k)): np.abs(np.asarray(v)).sum() for k, v in nnx.to_flat_state(grads)}
+  assert all(g == 0 for k, g in flat.items() if not k.startswith("value")), flat
+  assert any(g > 0 for k, g in flat.items() if k.startswith("value"))
+  with pytest.raises(ValueError, match="baseline.*average.*learned"):
+    _model("vqa", spec, {"baseline": "moving"}, {"target": "hard"})
+
+
 # -------------------------------------------------------------------------------- losses ---
 
 class _Fixed:

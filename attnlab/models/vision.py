@@ -20,7 +20,8 @@ the question's embedding when the task has one, MLP → logits.
 Every attention layer holds the model's ``attention`` spec (every field honoured: scores,
 normalisers, soft/hard/hard_st targets, heads, dropout, impl); with ``target="hard"`` each query
 samples one region (REINFORCE with a moving-average baseline, attnlab.losses) and ``aux`` holds
-``log_prob`` and ``entropy`` [B].
+``log_prob`` and ``entropy`` [B]; vqa's ``baseline="learned"`` adds ``value`` [B], the reward
+predicted by an MLP from the regions' mean and the question (gradient stopped at its input).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from attnlab.models.transformer import Stack, attend, attention_layer, stack_opt
 
 Array = jax.Array
 MODES = ("mlp", "cross", "self_cross")
+BASELINES = ("average", "learned")
 
 
 class ConvStack(nnx.Module):
@@ -85,7 +87,7 @@ class VQA(nnx.Module):
   def __init__(self, *, spec: dict, rngs: nnx.Rngs, attention: AttentionSpec, mode: str = "self_cross",
                channels: int = 32, conv_layers: int = 3, kernel: int = 3, d_model: int = 64,
                self_layers: int = 1, hidden: int = 128, region_embedding: bool = False,
-               entropy_bonus: float = 0.01, baseline_decay: float = 0.9):
+               entropy_bonus: float = 0.01, baseline_decay: float = 0.9, baseline: str = "average"):
     _common.check_spec(self.name, spec, "num_classes", "image_size", "channels", "question_dim")
     where = f"model {self.name!r}"
     self.mode = validate.choice(where, "mode", mode, MODES)
@@ -114,6 +116,10 @@ class VQA(nnx.Module):
     self.hidden = nnx.Linear(head_in, hidden, rngs=rngs)
     self.head = nnx.Linear(hidden, spec["num_classes"], rngs=rngs)
     _common.reinforce_state(self, attention.target, entropy_bonus, baseline_decay)
+    learned = validate.choice(where, "baseline", baseline, BASELINES) == "learned"
+    self.value = (nnx.Sequential(nnx.Linear(2 * d_model, hidden, rngs=rngs), nnx.relu,
+                                 nnx.Linear(hidden, 1, rngs=rngs))
+                  if learned and self.baseline is not None and mode != "mlp" else nnx.data(None))
 
   def __call__(self, batch: dict, *, train: bool) -> tuple[Array, dict]:
     f = self.cnn(_image(batch))  # [B, g, g, c]
@@ -135,6 +141,9 @@ class VQA(nnx.Module):
         r, aux = self.relate(r, mask=None, query_mask=None, train=train)  # regions attend to regions
       a, cross_aux = attend(self.attn, qe[:, None], r, train=train)  # [B, 1, d]: question over regions
       feature, aux = a[:, 0], _common.add_aux(aux, cross_aux)
+      if self.value is not None:  # the reward predicted before any sample: a learned baseline
+        seen = jax.lax.stop_gradient(jnp.concatenate([jnp.mean(r, 1), qe], -1))  # [B, 2d]
+        aux["value"] = self.value(seen)[:, 0]  # [B]
     h = nnx.relu(self.hidden(jnp.concatenate([feature, qe], -1)))
     return self.head(h), aux  # [B, C]
 
