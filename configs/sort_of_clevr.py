@@ -9,9 +9,8 @@ the regions of a CNN's feature map, after a self-attention step among the region
 
 32-pixel images (the paper's are 75): a 3-layer stride-2 CNN with non-overlapping 2×2 windows gives
 a 4×4 map of regions, each exactly one cell of the task's grid, small enough for a 2-core CPU.
-Batches of 128: relational accuracy leaves chance after ~1000 steps for every seed, where batches
-of 64 left it anywhere between 1500 and 3000.
-Results and the sweep over modes, targets and scores: experiments/vision/README.md.
+Results, the sweep over modes, targets and scores, and why batches of 128 and 7000 steps:
+experiments/vision/README.md.
 """
 
 from attnlab.config import base_config
