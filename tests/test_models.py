@@ -283,6 +283,12 @@ def test_learned_baseline_is_per_example_and_regresses_the_reward():
   flat = {"/".join(map(str, k)): np.abs(np.asarray(v)).sum() for k, v in nnx.to_flat_state(grads)}
   assert all(g == 0 for k, g in flat.items() if not k.startswith("value")), flat
   assert any(g > 0 for k, g in flat.items() if k.startswith("value"))
+  # with sampled self-attention too, the baseline sees nothing that a sample changes
+  relate = _model("vqa", spec, {"mode": "self_cross", "channels": 4, "conv_layers": 2, "d_model": 8,
+                                "hidden": 8, "baseline": "learned"}, {"target": "hard"})
+  (_, a1), (_, a2) = relate(batch, train=True), relate(batch, train=True)
+  assert not np.array_equal(a1["log_prob"], a2["log_prob"])  # different samples
+  np.testing.assert_array_equal(a1["value"], a2["value"])
   with pytest.raises(ValueError, match="baseline.*average.*learned"):
     _model("vqa", spec, {"baseline": "moving"}, {"target": "hard"})
 

@@ -21,7 +21,8 @@ Every attention layer holds the model's ``attention`` spec (every field honoured
 normalisers, soft/hard/hard_st targets, heads, dropout, impl); with ``target="hard"`` each query
 samples one region (REINFORCE with a moving-average baseline, attnlab.losses) and ``aux`` holds
 ``log_prob`` and ``entropy`` [B]; vqa's ``baseline="learned"`` adds ``value`` [B], the reward
-predicted by an MLP from the regions' mean and the question (gradient stopped at its input).
+predicted by an MLP from the question and the regions' mean before any attention (so no sample
+changes it; gradient stopped at its input).
 """
 
 from __future__ import annotations
@@ -137,13 +138,13 @@ class VQA(nnx.Module):
                                                                             question.shape[-1]))], -1)
       r = self.regions(cells)  # [B, g², d]
       r = self.ln(r if self.embedding is None else r + self.embedding[...])
+      seen = jnp.concatenate([jnp.mean(r, 1), qe], -1)  # [B, 2d], before any attention samples
       if self.relate is not None:
         r, aux = self.relate(r, mask=None, query_mask=None, train=train)  # regions attend to regions
       a, cross_aux = attend(self.attn, qe[:, None], r, train=train)  # [B, 1, d]: question over regions
       feature, aux = a[:, 0], _common.add_aux(aux, cross_aux)
-      if self.value is not None:  # the reward predicted before any sample: a learned baseline
-        seen = jax.lax.stop_gradient(jnp.concatenate([jnp.mean(r, 1), qe], -1))  # [B, 2d]
-        aux["value"] = self.value(seen)[:, 0]  # [B]
+      if self.value is not None:  # the reward predicted from what no sample changes: a baseline
+        aux["value"] = self.value(jax.lax.stop_gradient(seen))[:, 0]  # [B]
     h = nnx.relu(self.hidden(jnp.concatenate([feature, qe], -1)))
     return self.head(h), aux  # [B, C]
 
