@@ -291,6 +291,8 @@ def test_learned_baseline_is_per_example_and_regresses_the_reward():
   np.testing.assert_array_equal(a1["value"], a2["value"])
   with pytest.raises(ValueError, match="baseline.*average.*learned"):
     _model("vqa", spec, {"baseline": "moving"}, {"target": "hard"})
+  with pytest.raises(ValueError, match="baseline='learned' needs a sampling.*'soft'"):
+    _model("vqa", spec, {"baseline": "learned"}, {"target": "soft"})
 
 
 # -------------------------------------------------------------------------------- losses ---

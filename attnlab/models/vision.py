@@ -118,9 +118,11 @@ class VQA(nnx.Module):
     self.head = nnx.Linear(hidden, spec["num_classes"], rngs=rngs)
     _common.reinforce_state(self, attention.target, entropy_bonus, baseline_decay)
     learned = validate.choice(where, "baseline", baseline, BASELINES) == "learned"
+    if learned and (self.baseline is None or mode == "mlp"):
+      raise ValueError(f"{where}: baseline='learned' needs a sampling attention target (hard) and "
+                       f"mode 'cross' or 'self_cross'; got target {attention.target!r}, mode {mode!r}")
     self.value = (nnx.Sequential(nnx.Linear(2 * d_model, hidden, rngs=rngs), nnx.relu,
-                                 nnx.Linear(hidden, 1, rngs=rngs))
-                  if learned and self.baseline is not None and mode != "mlp" else nnx.data(None))
+                                 nnx.Linear(hidden, 1, rngs=rngs)) if learned else nnx.data(None))
 
   def __call__(self, batch: dict, *, train: bool) -> tuple[Array, dict]:
     f = self.cnn(_image(batch))  # [B, g, g, c]
@@ -138,13 +140,14 @@ class VQA(nnx.Module):
                                                                             question.shape[-1]))], -1)
       r = self.regions(cells)  # [B, g², d]
       r = self.ln(r if self.embedding is None else r + self.embedding[...])
-      seen = jnp.concatenate([jnp.mean(r, 1), qe], -1)  # [B, 2d], before any attention samples
+      seen = (None if self.value is None  # [B, 2d]: what no attention sample changes
+              else jax.lax.stop_gradient(jnp.concatenate([jnp.mean(r, 1), qe], -1)))
       if self.relate is not None:
         r, aux = self.relate(r, mask=None, query_mask=None, train=train)  # regions attend to regions
       a, cross_aux = attend(self.attn, qe[:, None], r, train=train)  # [B, 1, d]: question over regions
       feature, aux = a[:, 0], _common.add_aux(aux, cross_aux)
-      if self.value is not None:  # the reward predicted from what no sample changes: a baseline
-        aux["value"] = self.value(jax.lax.stop_gradient(seen))[:, 0]  # [B]
+      if self.value is not None:  # the reward predicted before any sample: a learned baseline
+        aux["value"] = self.value(seen)[:, 0]  # [B]
     h = nnx.relu(self.hidden(jnp.concatenate([feature, qe], -1)))
     return self.head(h), aux  # [B, C]
 
