@@ -9,9 +9,10 @@ passes, their formulas, masks and causal skipping), so a score registered from o
 the memory-efficient path without writing a kernel.
 
 Heads: ONE ``jax.custom_vjp`` over all heads (``_multihead``) loops over the (example, kv head,
-group) slices, reading each head's q, k, v from the callers' [B, L, H, D] layout and writing its
-output (backward: gradients) in place; the residuals are the inputs, the output and the per-row
-lse, so nothing is stacked or transposed per head. The backward recomputes blocks (O(L) memory).
+group) slices of q, k, v moved once to head-major [B, H, L, D] (each head's rows contiguous),
+writing each head's output (backward: gradients) in place; the residuals are those head-major
+inputs, the output and the per-row lse, so nothing is stacked per head. The backward recomputes
+blocks (O(L) memory).
 Heads run one after another: each head's blocks stay in cache (CPU-tuned; on GPU/TPU the same code
 runs, sequentially over heads).
 
@@ -88,8 +89,8 @@ def default_block(pairwise, params, f: int, dtype, lk: int | None = None,
 
 
 class _Heads:
-  """The (example, kv head, group) slices of q [B, Lq, Hkv, G, D], k/v [B, Lk, Hkv, D|Dv], mask
-  [B|1, Hkv|1, G|1, Lq|1, Lk|1] and per-head params [Hkv, G, ...]: slice s = (b, kv, g)."""
+  """The (example, kv head, group) slices of head-major q [B, Hkv, G, Lq, D], k/v [B, Hkv, Lk, D|Dv],
+  mask [B|1, Hkv|1, G|1, Lq|1, Lk|1] and per-head params [Hkv, G, ...]: slice s = (b, kv, g)."""
 
   def __init__(self, b, hkv, g, per_head):
     self.b, self.hkv, self.g, self.per_head, self.n = b, hkv, g, per_head, b * hkv * g
@@ -98,19 +99,31 @@ class _Heads:
     return s // (self.hkv * self.g), (s // self.g) % self.hkv, s % self.g
 
   def take(self, s, params, q, k, v, mask):
-    """One head's (params, q [Lq, D], k [Lk, D], v [Lk, Dv], mask [Lq|1, Lk|1] or None)."""
+    """One head's (params, q [Lq, D], k [Lk, D], v [Lk, Dv], mask [Lq|1, Lk|1] or None) from the
+    head-major q [B, Hkv, G, Lq, D] and k/v [B, Hkv, Lk, D|Dv] (each head's rows contiguous)."""
     b, kv, g = self.index(s)
-    pick = lambda x, i: x[i if x.shape[0] > 1 else 0]  # a leading axis of size n or 1
+    pick = lambda x, i: x[i if x.shape[0] > 1 else 0]
     m = None if mask is None else pick(pick(pick(mask, b), kv), g)
     p = jax.tree.map(lambda x: x[kv, g], params) if self.per_head else params
-    return p, q[b, :, kv, g], k[b, :, kv], v[b, :, kv], m
+    return p, q[b, kv, g], k[b, kv], v[b, kv], m
+
+
+def major(x):
+  """[B, L, Hkv, (G,) D] -> head-major [B, Hkv, (G,) L, D]."""
+  return jnp.moveaxis(x, 1, -2)
+
+
+def minor(x):
+  """Head-major [B, Hkv, (G,) L, D] -> [B, L, Hkv, (G,) D]."""
+  return jnp.moveaxis(x, -2, 1)
 
 
 def _multihead(score: Any, kind: str, plan: Plan, heads: _Heads):
   """The custom_vjp (params, q, k, v, mask, bias) -> out [B, Lq, Hkv, G, Dv]: the one-head passes
-  looped over the heads inside ONE custom_vjp, so the residuals are the inputs themselves plus
-  out and the per-row lse (nothing is stacked per head), and each head's slices are read and its
-  results written in the callers' [B, L, H, D] layout (no transposes of whole arrays)."""
+  looped over the heads inside ONE custom_vjp on head-major copies of q, k, v (one transpose each
+  way: a head's [L, D] rows are then contiguous, so reading them is a plain slice, not a strided
+  gather per head); the residuals are those copies, out and the per-row lse (nothing is stacked
+  per head)."""
   lq, lk = plan.lq, plan.lk
 
   def project(p, q1, k1):  # the score's projections, autodiffed (cheap next to the blocks)
@@ -120,30 +133,32 @@ def _multihead(score: Any, kind: str, plan: Plan, heads: _Heads):
     return (pad_to(fq, 0, plan.nq * plan.bq), pad_to(fk, 0, plan.nk * plan.bk),
             pad_to(v1, 0, plan.nk * plan.bk))
 
-  def forward(params, q, k, v, mask, bias):
+  def forward(params, qt, kt, vt, mask, bias):  # qt [B, Hkv, G, Lq, D], kt/vt [B, Hkv, Lk, D]
     def head(s, carry):
       out, lse = carry
-      p, q1, k1, v1, m = heads.take(s, params, q, k, v, mask)
+      p, q1, k1, v1, m = heads.take(s, params, qt, kt, vt, mask)
       o1, l1 = passes.forward(score.pairwise, kind, plan, p, *padded(*project(p, q1, k1), v1), m, bias)
       b, kv, g = heads.index(s)
-      out = jax.lax.dynamic_update_slice(out, o1[:lq].astype(out.dtype)[None, :, None, None],
-                                         (b, 0, kv, g, 0))
+      out = jax.lax.dynamic_update_slice(out, o1[:lq].astype(out.dtype)[None, None, None],
+                                         (b, kv, g, 0, 0))
       return out, jax.lax.dynamic_update_index_in_dim(lse, l1, s, 0)
 
-    init = (jnp.zeros(q.shape[:-1] + v.shape[-1:], q.dtype),  # [B, Lq, Hkv, G, Dv]
+    init = (jnp.zeros(qt.shape[:-1] + vt.shape[-1:], qt.dtype),  # [B, Hkv, G, Lq, Dv]
             jnp.zeros((heads.n, plan.nq * plan.bq), jnp.float32))  # [S, Lq (padded)]
     return jax.lax.fori_loop(0, heads.n, head, init)
 
   @jax.custom_vjp
   def core(params, q, k, v, mask, bias):
-    return forward(params, q, k, v, mask, bias)[0]
+    return minor(forward(params, major(q), major(k), major(v), mask, bias)[0])
 
   def fwd(params, q, k, v, mask, bias):
-    out, lse = forward(params, q, k, v, mask, bias)
-    return out, (params, q, k, v, mask, bias, out, lse)
+    qt, kt, vt = major(q), major(k), major(v)
+    out, lse = forward(params, qt, kt, vt, mask, bias)
+    return minor(out), (params, qt, kt, vt, mask, bias, out, lse)
 
   def bwd(res, dout):
-    params, q, k, v, mask, bias, out, lse = res
+    params, q, k, v, mask, bias, out, lse = res  # head-major
+    dout = major(dout)
     f32 = lambda x: jnp.zeros(x.shape, jnp.float32)
 
     def head(s, carry):
@@ -151,7 +166,7 @@ def _multihead(score: Any, kind: str, plan: Plan, heads: _Heads):
       p, q1, k1, v1, m = heads.take(s, params, q, k, v, mask)
       b, kv, g = heads.index(s)
       (fq, fk), proj_vjp = jax.vjp(project, p, q1, k1)
-      o1, do1 = out[b, :, kv, g], dout[b, :, kv, g]  # [Lq, Dv]
+      o1, do1 = out[b, kv, g], dout[b, kv, g]  # [Lq, Dv]
       lq_p = plan.nq * plan.bq
       dpp, dfq, dfk, dv1, db = passes.backward(
           score.pairwise, kind, plan, p, *padded(fq, fk, v1), m, bias, pad_to(o1, 0, lq_p), lse[s],
@@ -162,17 +177,17 @@ def _multihead(score: Any, kind: str, plan: Plan, heads: _Heads):
         dparams = jax.tree.map(lambda acc, x: acc.at[kv, g].add(x), dparams, dp1)
       else:
         dparams = jax.tree.map(jnp.add, dparams, dp1)
-      dq = jax.lax.dynamic_update_slice(dq, dq1.astype(dq.dtype)[None, :, None, None], (b, 0, kv, g, 0))
+      dq = jax.lax.dynamic_update_slice(dq, dq1.astype(dq.dtype)[None, None, None], (b, kv, g, 0, 0))
       add_kv = lambda acc, x: jax.lax.dynamic_update_slice(  # k/v heads are shared by the G group
-          acc, (acc[b, :, kv] + x.astype(jnp.float32))[None, :, None], (b, 0, kv, 0))
+          acc, (acc[b, kv] + x.astype(jnp.float32))[None, None], (b, kv, 0, 0))
       return dparams, dq, add_kv(dk, dk1), add_kv(dv, dv1[:lk]), dbias + db
 
     init = (jax.tree.map(f32, params), jnp.zeros(q.shape, q.dtype), f32(k), f32(v),
             jnp.zeros((), jnp.float32))
     dparams, dq, dk, dv, dbias = jax.lax.fori_loop(0, heads.n, head, init)
     cast = lambda gr, x: gr.astype(x.dtype)
-    return (jax.tree.map(cast, dparams, params), dq, cast(dk, k), cast(dv, v), None,
-            cast(dbias, bias))
+    return (jax.tree.map(cast, dparams, params), minor(dq), minor(cast(dk, k)), minor(cast(dv, v)),
+            None, cast(dbias, bias))
 
   core.defvjp(fwd, bwd)
   return core

@@ -129,7 +129,7 @@ def _local(score: Any, kind: str, geo: _Geometry, heads: blocked._Heads):
       return mask
     return jax.lax.dynamic_slice_in_dim(mask, s * geo.n_k, geo.n_k, 4)
 
-  def forward(params, q, k, v, mask, bias):
+  def forward(params, q, k, v, mask, bias):  # head-major q [B, Hkv, G, n_q, D], k/v [B, Hkv, n_k, D]
     r = jax.lax.axis_index(geo.axis)
 
     def step(t, carry):
@@ -145,7 +145,7 @@ def _local(score: Any, kind: str, geo: _Geometry, heads: blocked._Heads):
                                 bias)
         o1, l1 = o1[:geo.n_q], l1[:geo.n_q]
         b, kv, g = heads.index(h)
-        o0, l0 = out[b, :, kv, g], lse[h]
+        o0, l0 = out[b, kv, g], lse[h]
         if kind == "softmax":
           mx = jnp.maximum(l0, l1)
           w0, w1 = jnp.exp2(l0 - mx), jnp.exp2(l1 - mx)
@@ -153,27 +153,29 @@ def _local(score: Any, kind: str, geo: _Geometry, heads: blocked._Heads):
           l1 = mx + jnp.log2(w0 + w1)
         else:
           o1, l1 = o0 + o1, l0
-        out = jax.lax.dynamic_update_slice(out, o1[None, :, None, None], (b, 0, kv, g, 0))
+        out = jax.lax.dynamic_update_slice(out, o1[None, None, None], (b, kv, g, 0, 0))
         return out, jax.lax.dynamic_update_index_in_dim(lse, l1, h, 0)
 
       out, lse = jax.lax.fori_loop(0, heads.n, head, (out, lse))
       return out, lse, k_next, v_next
 
-    init = (jnp.zeros(q.shape[:-1] + v.shape[-1:], jnp.float32),  # [B, n_q, Hkv, G, Dv]
+    init = (jnp.zeros(q.shape[:-1] + v.shape[-1:], jnp.float32),  # [B, Hkv, G, n_q, Dv]
             jnp.full((heads.n, geo.n_q), passes._NEG, jnp.float32), k, v)  # pylint: disable=protected-access
     out, lse = jax.lax.fori_loop(0, geo.steps, step, init)[:2]
     return out.astype(q.dtype), lse
 
   @jax.custom_vjp
   def core(params, q, k, v, mask, bias):
-    return forward(params, q, k, v, mask, bias)[0]
+    return blocked.minor(forward(params, *map(blocked.major, (q, k, v)), mask, bias)[0])
 
   def fwd(params, q, k, v, mask, bias):
+    q, k, v = map(blocked.major, (q, k, v))
     out, lse = forward(params, q, k, v, mask, bias)
-    return out, (params, q, k, v, mask, bias, out, lse)
+    return blocked.minor(out), (params, q, k, v, mask, bias, out, lse)
 
   def bwd(res, dout):
-    params, q, k, v, mask, bias, out, lse = res
+    params, q, k, v, mask, bias, out, lse = res  # head-major
+    dout = blocked.major(dout)
     r = jax.lax.axis_index(geo.axis)
     f32 = lambda x: jnp.zeros(x.shape, jnp.float32)
 
@@ -190,8 +192,8 @@ def _local(score: Any, kind: str, geo: _Geometry, heads: blocked._Heads):
         (fq, fk), proj_vjp = jax.vjp(project, p, q1, k1)
         fq_p, fk_p, v_p, m = padded(plan, fq, fk, v1, m)
         dpp, dfq, dfk, dv1, db = passes.backward(
-            score.pairwise, kind, plan, p, fq_p, fk_p, v_p, m, bias, pad_to(out[b, :, kv, g], 0, lq_p),
-            pad_to(lse[h], 0, lq_p), pad_to(dout[b, :, kv, g], 0, lq_p))
+            score.pairwise, kind, plan, p, fq_p, fk_p, v_p, m, bias, pad_to(out[b, kv, g], 0, lq_p),
+            pad_to(lse[h], 0, lq_p), pad_to(dout[b, kv, g], 0, lq_p))
         dpq, dq1, dk1 = proj_vjp((dfq[:geo.n_q].astype(fq.dtype), dfk[:geo.n_k].astype(fk.dtype)))
         dp1 = jax.tree.map(lambda a, c: a + c.astype(jnp.float32), dpp, dpq)
         if heads.per_head:
@@ -199,9 +201,9 @@ def _local(score: Any, kind: str, geo: _Geometry, heads: blocked._Heads):
         else:
           dparams = jax.tree.map(jnp.add, dparams, dp1)
         dq = jax.lax.dynamic_update_slice(
-            dq, (dq[b, :, kv, g] + dq1.astype(jnp.float32))[None, :, None, None], (b, 0, kv, g, 0))
+            dq, (dq[b, kv, g] + dq1.astype(jnp.float32))[None, None, None], (b, kv, g, 0, 0))
         add_kv = lambda acc, x: jax.lax.dynamic_update_slice(
-            acc, (acc[b, :, kv] + x.astype(jnp.float32))[None, :, None], (b, 0, kv, 0))
+            acc, (acc[b, kv] + x.astype(jnp.float32))[None, None], (b, kv, 0, 0))
         return dparams, dq, add_kv(dk, dk1), add_kv(dv, dv1[:geo.n_k]), dbias + db
 
       dparams, dq, dk_t, dv_t, dbias = jax.lax.fori_loop(
@@ -211,8 +213,8 @@ def _local(score: Any, kind: str, geo: _Geometry, heads: blocked._Heads):
     init = (jax.tree.map(f32, params), f32(q), jnp.zeros((), jnp.float32), k, v, f32(k), f32(v))
     dparams, dq, dbias, _, _, dk, dv = jax.lax.fori_loop(0, geo.steps, step, init)
     cast = lambda gr, x: gr.astype(x.dtype)
-    return (jax.tree.map(cast, dparams, params), cast(dq, q), cast(dk, k), cast(dv, v), None,
-            cast(dbias, bias))
+    return (jax.tree.map(cast, dparams, params), *(blocked.minor(cast(d, x)) for d, x in
+                                                   ((dq, q), (dk, k), (dv, v))), None, cast(dbias, bias))
 
   core.defvjp(fwd, bwd)
   return core
