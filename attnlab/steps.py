@@ -11,8 +11,9 @@ rates a (rate, seed) pair, rate-major (member r·S + s): the rate sits in the op
     train_chunk(params, rest, opt, es, batches [K, ...], live [K], at)
         K optimiser steps after step ``at`` (lax.scan); a seed that is not ``es["active"]``, or a
         step with ``live`` False, leaves its state untouched (early-stopped seeds freeze inside the
-        vmapped program). A seed whose loss or gradient is not finite keeps its last finite state
-        and stops: ``es["diverged_at"]`` (-1 while it has not) and ``es["stopped_at"]`` get the step.
+        vmapped program). A seed whose loss or gradient (its global norm) is not finite keeps its
+        last finite state and stops: ``es["diverged_at"]`` (-1 while it has not) and
+        ``es["stopped_at"]`` get the step.
     validate(params, rest, es, batches [nb, ...], step)
         val metrics (mean over nb equal batches) and the per-seed early-stopping state ``es``:
         GAT's rule (Veličković et al. 2018): the patience counter resets when any of the chosen
@@ -169,8 +170,9 @@ def build(model_cls: type, spec: dict, options: dict, family: str, tx: optax.Gra
 
   def step_one(params, rest, opt_state, batch, on):
     (loss, (metrics, new_rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, rest, batch)
-    finite = jnp.isfinite(loss) & jnp.all(jnp.stack([jnp.all(jnp.isfinite(g))
-                                                     for g in jax.tree.leaves(grads)]))
+    # One scalar for all leaves: the global norm is finite iff every gradient is (barring an
+    # overflowing square), and XLA does not AND a flag per leaf inside every leaf's update.
+    finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
     updates, new_opt = tx.update(grads, opt_state, params)
     new_params = optax.apply_updates(params, updates)
     on = on & finite

@@ -449,3 +449,26 @@ def test_gat_sparse_features_match_dense():
   np.testing.assert_allclose(call(model, sparse_batch, train=False), sparse_logits)
   a, b = call(model, sparse_batch, train=True), call(model, sparse_batch, train=True)
   assert np.all(np.isfinite(a)) and not np.allclose(a, b)
+
+
+def test_layer_norm_matches_numpy_flax_and_finite_differences():
+  from attnlab.models._norm import LayerNorm, layer_norm  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.standard_normal((3, 4, 16)) * 2 + 1, jnp.float32)
+  scale, bias = (jnp.asarray(rng.standard_normal(16), jnp.float32) for _ in range(2))
+  xn = np.asarray(x, np.float64)  # the definition, plainly
+  want = (xn - xn.mean(-1, keepdims=True)) / np.sqrt(xn.var(-1, keepdims=True) + 1e-6)
+  want = want * np.asarray(scale) + np.asarray(bias)
+  np.testing.assert_allclose(layer_norm(x, scale, bias, 1e-6), want, rtol=1e-5, atol=1e-5)
+  ref, ours = nnx.LayerNorm(16, rngs=nnx.Rngs(0)), LayerNorm(16, rngs=nnx.Rngs(0))
+  ref.scale[...], ref.bias[...] = scale, bias
+  nnx.update(ours, nnx.state(ref))
+  np.testing.assert_allclose(ours(x), ref(x), rtol=1e-5, atol=1e-5)
+  loss = lambda m, x: jnp.sum(jnp.sin(m(x)) * x)
+  grads = lambda m: (lambda g: (nnx.state(g[0]).to_pure_dict(), g[1]))(
+      jax.grad(loss, argnums=(0, 1))(m, x))
+  chex.assert_trees_all_close(grads(ours), grads(ref), atol=2e-5, rtol=2e-5)
+  with jax.enable_x64(True):  # the custom backward against finite differences
+    args = tuple(np.asarray(a, np.float64) for a in (x[0], scale, bias))
+    jax.test_util.check_grads(lambda a, s, b: layer_norm(a, s, b, 1e-6), args, order=1,
+                              modes=("rev",), atol=1e-6, rtol=1e-6)

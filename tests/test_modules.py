@@ -464,3 +464,19 @@ def test_key_padding_mask_reaches_the_kernel_unbroadcast(monkeypatch):
     full = layer(x, mask=jnp.broadcast_to(mask, (2, 3, 2, 6, 6)), is_causal=True)
     assert seen[-1] == (6, 2, 6, 6)
     chex.assert_trees_all_close(got, full, atol=1e-6)
+
+
+@pytest.mark.parametrize("num_kv_heads", [None, 1])
+def test_self_attention_projection_gradients_equal_flax(num_kv_heads):
+  """Self-attention projects q, k, v in one product; its parameter gradients are flax's."""
+  kw = dict(num_heads=4, in_features=6, qkv_features=8, out_features=3, num_kv_heads=num_kv_heads,
+            decode=False)
+  ref = nnx.MultiHeadAttention(**kw, rngs=nnx.Rngs(0))
+  ours = MultiHeadAttention(**kw, rngs=nnx.Rngs(1))
+  nnx.update(ours, nnx.state(ref, nnx.Param))
+  x = _normal(1, (2, 5, 6))
+  loss = lambda m: jnp.sum(jnp.sin(m(x, is_causal=True)))
+  want = nnx.to_flat_state(nnx.grad(loss)(ref))
+  got = dict(nnx.to_flat_state(nnx.grad(loss)(ours)))
+  for path, g in want:
+    chex.assert_trees_all_close(got[path][...], g[...], atol=1e-5, rtol=1e-5)

@@ -25,6 +25,7 @@ from flax import nnx
 from attnlab import validate
 from attnlab.attention_spec import AttentionSpec
 from attnlab.models import _common
+from attnlab.models._norm import LayerNorm
 from attnlab.models.transformer import Embedder, attend, attention_layer
 
 QUERIES = ("learned", "recurrent")
@@ -43,7 +44,7 @@ class GlimpseClassifier(nnx.Module):
     self.num_glimpses, d = num_glimpses, d_model
     self.regions = Embedder(d, spec["seq_len"], vocab_size=spec.get("vocab_size"),
                             input_dim=None if "vocab_size" in spec else spec["input_dim"], rngs=rngs)
-    self.ln = nnx.LayerNorm(d, rngs=rngs)
+    self.ln = LayerNorm(d, rngs=rngs)
     self.attn = attention_layer(d, attention, rngs=rngs)
     init = nnx.initializers.normal(1.0)
     if query == "learned":

@@ -21,6 +21,7 @@ from attnlab import modules, validate
 from attnlab.attention_spec import AttentionSpec
 from attnlab.data.base import PAD
 from attnlab.models import _common
+from attnlab.models._norm import LayerNorm
 
 Array = jax.Array
 
@@ -83,14 +84,14 @@ class Block(nnx.Module):
 
   def __init__(self, d_model: int, mlp_dim: int, *, cross: bool, dropout_rate: float,
                attention: AttentionSpec, rngs: nnx.Rngs, qkv_features: int | None = None):
-    self.ln_self = nnx.LayerNorm(d_model, rngs=rngs)
+    self.ln_self = LayerNorm(d_model, rngs=rngs)
     self.self_attn = attention_layer(d_model, attention, rngs=rngs, qkv_features=qkv_features)
     if cross:
-      self.ln_cross = nnx.LayerNorm(d_model, rngs=rngs)
+      self.ln_cross = LayerNorm(d_model, rngs=rngs)
       self.cross_attn = attention_layer(d_model, attention, rngs=rngs, qkv_features=qkv_features)
     else:
       self.ln_cross, self.cross_attn = nnx.data(None), nnx.data(None)
-    self.ln_mlp = nnx.LayerNorm(d_model, rngs=rngs)
+    self.ln_mlp = LayerNorm(d_model, rngs=rngs)
     self.mlp = Mlp(d_model, mlp_dim, rngs=rngs)
     self.drop = nnx.Dropout(dropout_rate, rngs=rngs)
 
@@ -120,7 +121,7 @@ class Stack(nnx.Module):
     self.blocks = nnx.List([Block(d_model, mlp_dim, cross=cross, dropout_rate=dropout_rate,
                                   attention=attention, rngs=rngs, qkv_features=qkv_features)
                             for _ in range(num_layers)])
-    self.ln_out = nnx.LayerNorm(d_model, rngs=rngs)
+    self.ln_out = LayerNorm(d_model, rngs=rngs)
 
   def __call__(self, x: Array, **kwargs) -> tuple[Array, dict]:
     aux: dict = {}

@@ -34,6 +34,7 @@ from flax import nnx
 from attnlab import modules, validate
 from attnlab.attention_spec import AttentionSpec
 from attnlab.models import _common
+from attnlab.models._norm import LayerNorm
 from attnlab.models.transformer import Stack, attend, attention_layer, stack_options
 
 Array = jax.Array
@@ -106,7 +107,7 @@ class VQA(nnx.Module):
       head_in = g * g * (channels + 2) + d_model
     else:
       self.regions = nnx.Linear(channels + 2 + (q if mode == "self_cross" else 0), d_model, rngs=rngs)
-      self.ln = nnx.LayerNorm(d_model, rngs=rngs)
+      self.ln = LayerNorm(d_model, rngs=rngs)
       self.embedding = (nnx.Param(0.02 * jax.random.normal(rngs.params(), (g * g, d_model)))
                         if region_embedding else nnx.data(None))  # [g², d], learned per region
       self.relate = (Stack(rngs=rngs, **stack_options(self.name, d_model=d_model, num_layers=self_layers,
