@@ -454,13 +454,13 @@ def test_gat_sparse_features_match_dense():
 def test_layer_norm_matches_numpy_flax_and_finite_differences():
   from attnlab.models._norm import LayerNorm, layer_norm  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(1)
-  x = jnp.asarray(rng.standard_normal((3, 4, 16)) * 2 + 1, jnp.float32)
-  scale, bias = (jnp.asarray(rng.standard_normal(16), jnp.float32) for _ in range(2))
+  x = jnp.asarray(rng.standard_normal((2, 3, 8)) * 2 + 1, jnp.float32)
+  scale, bias = (jnp.asarray(rng.standard_normal(8), jnp.float32) for _ in range(2))
   xn = np.asarray(x, np.float64)  # the definition, plainly
   want = (xn - xn.mean(-1, keepdims=True)) / np.sqrt(xn.var(-1, keepdims=True) + 1e-6)
   want = want * np.asarray(scale) + np.asarray(bias)
   np.testing.assert_allclose(layer_norm(x, scale, bias, 1e-6), want, rtol=1e-5, atol=1e-5)
-  ref, ours = nnx.LayerNorm(16, rngs=nnx.Rngs(0)), LayerNorm(16, rngs=nnx.Rngs(0))
+  ref, ours = nnx.LayerNorm(8, rngs=nnx.Rngs(0)), LayerNorm(8, rngs=nnx.Rngs(0))
   ref.scale[...], ref.bias[...] = scale, bias
   nnx.update(ours, nnx.state(ref))
   np.testing.assert_allclose(ours(x), ref(x), rtol=1e-5, atol=1e-5)

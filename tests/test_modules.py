@@ -466,11 +466,10 @@ def test_key_padding_mask_reaches_the_kernel_unbroadcast(monkeypatch):
     chex.assert_trees_all_close(got, full, atol=1e-6)
 
 
-@pytest.mark.parametrize("num_kv_heads", [None, 1])
-def test_self_attention_projection_gradients_equal_flax(num_kv_heads):
-  """Self-attention projects q, k, v in one product; its parameter gradients are flax's."""
-  kw = dict(num_heads=4, in_features=6, qkv_features=8, out_features=3, num_kv_heads=num_kv_heads,
-            decode=False)
+def test_self_attention_projection_gradients_equal_flax():
+  """Self-attention projects q, k, v in one product (here with 2 kv heads for 4 query heads); its
+  parameter gradients are flax's."""
+  kw = dict(num_heads=4, in_features=6, qkv_features=8, out_features=3, num_kv_heads=2, decode=False)
   ref = nnx.MultiHeadAttention(**kw, rngs=nnx.Rngs(0))
   ours = MultiHeadAttention(**kw, rngs=nnx.Rngs(1))
   nnx.update(ours, nnx.state(ref, nnx.Param))

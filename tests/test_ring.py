@@ -53,9 +53,9 @@ def test_ring_memory_mutations_and_layer():
   assert numbers["temp_growth_4x_length"]["ring"] < 6
 
 
-# A tiny lm (configs/shakespeare.py): 8 steps of batch 4, context 64, evaluated every 4 steps.
+# A tiny lm (configs/shakespeare.py, one layer): 8 steps of batch 4, context 64, evaluated every 4 steps.
 LM = {"task.kwargs.seq_len": 64, "task.kwargs.eval_size": 16, "model.kwargs.d_model": 32,
-      "model.kwargs.num_layers": 2, "model.attention.num_heads": 2, "optim.warmup_steps": 0,
+      "model.kwargs.num_layers": 1, "model.attention.num_heads": 2, "optim.warmup_steps": 0,
       "train.steps": 8, "train.eval_every": 4, "train.batch_size": 4, "train.eval_batch_size": 16,
       "train.attention_maps": False}
 
