@@ -4,7 +4,8 @@
 defaults, flax's output to float rounding) whose statistics and backward-pass row sums are written
 as products with a [d] vector of 1/d: XLA:CPU runs a fused ``sum(a * b, axis=-1)`` over rows of
 d = 128 several times slower than the same sum as a dot (docs/performance.md, "LayerNorm's row
-sums"). Masks, other reduction axes and cross-device statistics go to flax's own code.
+sums"). Masks, other reduction axes, cross-device statistics and dtypes other than float32 go to
+flax's own code.
 """
 
 from __future__ import annotations
@@ -56,13 +57,15 @@ layer_norm.defvjp(_forward, _bwd)
 
 
 class LayerNorm(nnx.LayerNorm):
-  """``nnx.LayerNorm`` with ``layer_norm``'s row sums for the common case (last axis, no mask)."""
+  """``nnx.LayerNorm`` with ``layer_norm``'s row sums for the common case (last axis, no mask,
+  float32)."""
 
   def __call__(self, x: Array, *, mask: Array | None = None) -> Array:
     last = lambda axes: tuple(np.atleast_1d(axes)) in ((-1,), (x.ndim - 1,))
     plain = (mask is None and self.axis_name is None and self.scale is not None
              and self.bias is not None and last(self.reduction_axes) and last(self.feature_axes))
-    if not plain:
-      return super().__call__(x, mask=mask)
-    x, scale, bias = self.promote_dtype((x, self.scale[...], self.bias[...]), dtype=self.dtype)
-    return layer_norm(x, scale, bias, self.epsilon)
+    if plain:
+      xs, scale, bias = self.promote_dtype((x, self.scale[...], self.bias[...]), dtype=self.dtype)
+      if all(a.dtype == jnp.float32 for a in (xs, scale, bias)):  # flax keeps float32 statistics
+        return layer_norm(xs, scale, bias, self.epsilon)
+    return super().__call__(x, mask=mask)
