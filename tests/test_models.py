@@ -266,8 +266,9 @@ def test_learned_baseline_is_per_example_and_regresses_the_reward():
   family, spec, batch = TASKS["vqa"]
   model = _model("vqa", spec, {"mode": "cross", "channels": 4, "conv_layers": 2, "d_model": 8,
                                "hidden": 8, "baseline": "learned"}, {"target": "hard"})
-  loss, m = losses.loss_and_metrics(model, batch, family=family, train=False)  # argmax samples
-  logits, aux = model(batch, train=False)
+  run = nnx.jit(lambda mdl: (losses.loss_and_metrics(mdl, batch, family=family, train=False),
+                             mdl(batch, train=False)))  # argmax samples; one compile, not op by op
+  (loss, m), (logits, aux) = run(model)
   value = np.asarray(aux["value"])  # [B]
   assert value.shape == (B,) and np.ptp(value) > 0  # one baseline per example
   # the per-example advantage, by hand: CE per example with numpy's log-softmax
@@ -278,15 +279,16 @@ def test_learned_baseline_is_per_example_and_regresses_the_reward():
   np.testing.assert_allclose(loss, m["loss"] + m["reinforce"] + m["value_loss"] - 0.01 * m["entropy"],
                              rtol=1e-5)
   # the value head learns from value_loss alone: its gradient does not reach the regions or question
-  grads = nnx.grad(lambda mdl: losses.loss_and_metrics(mdl, batch, family=family, train=False)[1]
-                   ["value_loss"])(model)
+  grads = nnx.jit(nnx.grad(lambda mdl: losses.loss_and_metrics(mdl, batch, family=family, train=False)[1]
+                           ["value_loss"]))(model)
   flat = {"/".join(map(str, k)): np.abs(np.asarray(v)).sum() for k, v in nnx.to_flat_state(grads)}
   assert all(g == 0 for k, g in flat.items() if not k.startswith("value")), flat
   assert any(g > 0 for k, g in flat.items() if k.startswith("value"))
   # with sampled self-attention too, the baseline sees nothing that a sample changes
   relate = _model("vqa", spec, {"mode": "self_cross", "channels": 4, "conv_layers": 2, "d_model": 8,
                                 "hidden": 8, "baseline": "learned"}, {"target": "hard"})
-  (_, a1), (_, a2) = relate(batch, train=True), relate(batch, train=True)
+  sample = nnx.jit(lambda mdl: mdl(batch, train=True)[1])  # its rng streams advance per call
+  a1, a2 = sample(relate), sample(relate)
   assert not np.array_equal(a1["log_prob"], a2["log_prob"])  # different samples
   np.testing.assert_array_equal(a1["value"], a2["value"])
   with pytest.raises(ValueError, match="baseline.*average.*learned"):
