@@ -102,7 +102,7 @@ class _Heads:
     """One head's (params, q [Lq, D], k [Lk, D], v [Lk, Dv], mask [Lq|1, Lk|1] or None) from the
     head-major q [B, Hkv, G, Lq, D] and k/v [B, Hkv, Lk, D|Dv] (each head's rows contiguous)."""
     b, kv, g = self.index(s)
-    pick = lambda x, i: x[i if x.shape[0] > 1 else 0]
+    pick = lambda x, i: x[i if x.shape[0] > 1 else 0]  # a leading axis of size n or 1
     m = None if mask is None else pick(pick(pick(mask, b), kv), g)
     p = jax.tree.map(lambda x: x[kv, g], params) if self.per_head else params
     return p, q[b, kv, g], k[b, kv], v[b, kv], m
@@ -116,6 +116,29 @@ def major(x):
 def minor(x):
   """Head-major [B, Hkv, (G,) L, D] -> [B, L, Hkv, (G,) D]."""
   return jnp.moveaxis(x, -2, 1)
+
+
+def head_major_vjp(forward, backward):
+  """The custom_vjp (params, q, k, v, mask, bias) -> out [B, Lq, Hkv, G, Dv] in the callers' layout
+  around a head-major ``forward(params, qt, kt, vt, mask, bias) -> (out_t, lse)`` and
+  ``backward(res, dout_t) -> (dparams, dq_t, dk_t, dv_t, dbias)``, res = (params, qt, kt, vt, mask,
+  bias, out_t, lse): q, k, v go to head-major once, out and the gradients come back once."""
+
+  @jax.custom_vjp
+  def core(params, q, k, v, mask, bias):
+    return minor(forward(params, major(q), major(k), major(v), mask, bias)[0])
+
+  def fwd(params, q, k, v, mask, bias):
+    qt, kt, vt = major(q), major(k), major(v)
+    out, lse = forward(params, qt, kt, vt, mask, bias)
+    return minor(out), (params, qt, kt, vt, mask, bias, out, lse)
+
+  def bwd(res, dout):
+    dparams, dq, dk, dv, dbias = backward(res, major(dout))
+    return dparams, minor(dq), minor(dk), minor(dv), None, dbias
+
+  core.defvjp(fwd, bwd)
+  return core
 
 
 def _multihead(score: Any, kind: str, plan: Plan, heads: _Heads):
@@ -147,18 +170,8 @@ def _multihead(score: Any, kind: str, plan: Plan, heads: _Heads):
             jnp.zeros((heads.n, plan.nq * plan.bq), jnp.float32))  # [S, Lq (padded)]
     return jax.lax.fori_loop(0, heads.n, head, init)
 
-  @jax.custom_vjp
-  def core(params, q, k, v, mask, bias):
-    return minor(forward(params, major(q), major(k), major(v), mask, bias)[0])
-
-  def fwd(params, q, k, v, mask, bias):
-    qt, kt, vt = major(q), major(k), major(v)
-    out, lse = forward(params, qt, kt, vt, mask, bias)
-    return minor(out), (params, qt, kt, vt, mask, bias, out, lse)
-
-  def bwd(res, dout):
-    params, q, k, v, mask, bias, out, lse = res  # head-major
-    dout = major(dout)
+  def backward(res, dout):  # head-major, as forward
+    params, q, k, v, mask, bias, out, lse = res
     f32 = lambda x: jnp.zeros(x.shape, jnp.float32)
 
     def head(s, carry):
@@ -186,11 +199,9 @@ def _multihead(score: Any, kind: str, plan: Plan, heads: _Heads):
             jnp.zeros((), jnp.float32))
     dparams, dq, dk, dv, dbias = jax.lax.fori_loop(0, heads.n, head, init)
     cast = lambda gr, x: gr.astype(x.dtype)
-    return (jax.tree.map(cast, dparams, params), minor(dq), minor(cast(dk, k)), minor(cast(dv, v)),
-            None, cast(dbias, bias))
+    return jax.tree.map(cast, dparams, params), dq, cast(dk, k), cast(dv, v), cast(dbias, bias)
 
-  core.defvjp(fwd, bwd)
-  return core
+  return head_major_vjp(forward, backward)
 
 
 def attend_blocked(q: Array, k: Array, v: Array, mask: Array | None, *, score: Any, kind: str,

@@ -164,18 +164,8 @@ def _local(score: Any, kind: str, geo: _Geometry, heads: blocked._Heads):
     out, lse = jax.lax.fori_loop(0, geo.steps, step, init)[:2]
     return out.astype(q.dtype), lse
 
-  @jax.custom_vjp
-  def core(params, q, k, v, mask, bias):
-    return blocked.minor(forward(params, *map(blocked.major, (q, k, v)), mask, bias)[0])
-
-  def fwd(params, q, k, v, mask, bias):
-    q, k, v = map(blocked.major, (q, k, v))
-    out, lse = forward(params, q, k, v, mask, bias)
-    return blocked.minor(out), (params, q, k, v, mask, bias, out, lse)
-
-  def bwd(res, dout):
-    params, q, k, v, mask, bias, out, lse = res  # head-major
-    dout = blocked.major(dout)
+  def backward(res, dout):  # head-major, as forward
+    params, q, k, v, mask, bias, out, lse = res
     r = jax.lax.axis_index(geo.axis)
     f32 = lambda x: jnp.zeros(x.shape, jnp.float32)
 
@@ -213,11 +203,9 @@ def _local(score: Any, kind: str, geo: _Geometry, heads: blocked._Heads):
     init = (jax.tree.map(f32, params), f32(q), jnp.zeros((), jnp.float32), k, v, f32(k), f32(v))
     dparams, dq, dbias, _, _, dk, dv = jax.lax.fori_loop(0, geo.steps, step, init)
     cast = lambda gr, x: gr.astype(x.dtype)
-    return (jax.tree.map(cast, dparams, params), *(blocked.minor(cast(d, x)) for d, x in
-                                                   ((dq, q), (dk, k), (dv, v))), None, cast(dbias, bias))
+    return jax.tree.map(cast, dparams, params), cast(dq, q), cast(dk, k), cast(dv, v), cast(dbias, bias)
 
-  core.defvjp(fwd, bwd)
-  return core
+  return blocked.head_major_vjp(forward, backward)
 
 
 def _stripe(x: Array, axis: int, p: int) -> Array:
