@@ -1,10 +1,20 @@
-"""Shared test set-up: a persistent compilation cache so repeated runs skip XLA compiles."""
+"""Shared test set-up: cheap XLA compile flags and a persistent compilation cache (tests compile more
+than they run), and an empty attnlab data directory."""
 
+import atexit
 import os
 import pathlib
+import shutil
 import tempfile
 
-import jax
+# The tests' programs are tiny and run a few times, so XLA's compile time dominates them: its cheap
+# optimisation level (LLVM's, not XLA's HLO passes) compiles several times faster with the same
+# semantics. Set before jax creates its backend; subprocesses inherit it.
+os.environ["XLA_FLAGS"] = " ".join(filter(None, [
+    os.environ.get("XLA_FLAGS"), "--xla_backend_optimization_level=0",
+    "--xla_llvm_disable_expensive_passes=true"]))
+
+import jax  # noqa: E402  (after XLA_FLAGS)
 
 _ROOT = pathlib.Path(__file__).resolve().parent.parent
 _CACHE = pathlib.Path(os.environ.get("ATTNLAB_TEST_JAX_CACHE", _ROOT / ".pytest_cache" / "jax"))
@@ -19,5 +29,4 @@ if jax.default_backend() != "cpu":
 # Datasets come from the copies shipped with attnlab, never from the user's data directory
 # (~/.cache/attnlab or $ATTNLAB_DATA_DIR): an empty one for this session and its subprocesses.
 os.environ["ATTNLAB_DATA_DIR"] = tempfile.mkdtemp(prefix="attnlab_test_data_")
-# For tests whose jitted programs run a few times at tiny shapes: XLA's compile time dominates them.
-FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+atexit.register(shutil.rmtree, os.environ["ATTNLAB_DATA_DIR"], ignore_errors=True)

@@ -21,12 +21,9 @@ import traceback
 P = 4
 GROUP = sys.argv[1] if len(sys.argv) > 1 else ""
 DEVICES = 1 if GROUP == "one" else P
-# The lm runs' programs (train.py's plain jax.jit) compile with XLA's cheap optimisation level too:
-# they run a few tiny steps once.
-CHEAP = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+# XLA_FLAGS also holds the tests' cheap compile flags (tests/conftest.py) when pytest runs this.
 os.environ["XLA_FLAGS"] = " ".join(filter(None, [
-    os.environ.get("XLA_FLAGS"), f"--xla_force_host_platform_device_count={DEVICES}",
-    CHEAP if GROUP in ("lm", "one") else ""]))
+    os.environ.get("XLA_FLAGS"), f"--xla_force_host_platform_device_count={DEVICES}"]))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402  (after XLA_FLAGS)
@@ -46,8 +43,6 @@ from tests import lm_runs  # noqa: E402
 B, H, HKV, D, DV = 2, 4, 2, 8, 5  # GQA groups of 2
 BLOCK = 8  # several blocks per device and ring step
 CUSTOM = "ring_checks_neg_l2"
-# Tiny programs run once: XLA's cheap optimisation level compiles them several times faster.
-FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 # (name, causal, mask kind, Lq, Lk): lengths P does not divide (padded), cross-attention lengths.
 MODES = [("plain", False, None, 37, 37), ("causal_keypad", True, "key_pad", 37, 37),
          ("mask_cross", False, "mask", 29, 45), ("causal_even", True, None, 40, 40)]
@@ -102,11 +97,11 @@ def check_equal(score, normalizer, mode, ring_fn=None, per_head=False):
   call = lambda impl: (lambda q, k, v, p: kernels.attention(
       q, k, v, score=score, normalizer=normalizer, params=p, mask=mask, causal=causal, impl=impl,
       block_size=BLOCK))
-  dense = jax.jit(lambda *a: _out_and_grads(call("dense"), *a), compiler_options=FAST_COMPILE)(
+  dense = jax.jit(lambda *a: _out_and_grads(call("dense"), *a))(
       q, k, v, params, cot)
   with jax.set_mesh(ring.make_mesh()):
     fn = call("ring") if ring_fn is None else (lambda q, k, v, p: ring_fn(q, k, v, p, mask, causal))
-    got = jax.jit(lambda *a: _out_and_grads(fn, *a), compiler_options=FAST_COMPILE)(q, k, v, params, cot)
+    got = jax.jit(lambda *a: _out_and_grads(fn, *a))(q, k, v, params, cot)
   _close(got[0], dense[0], 2e-5, 1e-4, "output")
   _close(got[1], dense[1], 1e-4, 1e-3, "gradient")
   if mask_kind == "mask":  # the empty row stays zero
@@ -181,7 +176,7 @@ def check_layer():
   x = jnp.asarray(np.random.RandomState(3).standard_normal((2, 22, 16)), jnp.float32)
   want = mk("dense")(x, is_causal=True)
   with jax.set_mesh(ring.make_mesh()):
-    got = jax.jit(lambda x: mk("ring")(x, is_causal=True), compiler_options=FAST_COMPILE)(x)
+    got = jax.jit(lambda x: mk("ring")(x, is_causal=True))(x)
   _close(got, want, 2e-5, 1e-4, "layer output")
 
 
@@ -192,11 +187,11 @@ def check_data_and_seq_mesh():
   q, k, v, _, cot = _data(21, 21, None, seed=4)
   call = lambda impl: (lambda q, k, v, p: kernels.attention(q, k, v, causal=True, impl=impl,
                                                             block_size=BLOCK))
-  want = jax.jit(lambda *a: _out_and_grads(call("dense"), *a), compiler_options=FAST_COMPILE)(
+  want = jax.jit(lambda *a: _out_and_grads(call("dense"), *a))(
       q, k, v, None, cot)
   with jax.set_mesh(mesh):
     put = lambda x: jax.device_put(x, NamedSharding(mesh, PartitionSpec("data")))
-    got = jax.jit(lambda *a: _out_and_grads(call("ring"), *a), compiler_options=FAST_COMPILE)(
+    got = jax.jit(lambda *a: _out_and_grads(call("ring"), *a))(
         put(q), put(k), put(v), None, put(cot))
   _close(got[0], want[0], 2e-5, 1e-4, "output")
   _close(got[1], want[1], 1e-4, 1e-3, "gradient")

@@ -19,7 +19,6 @@ from attnlab import AttentionSpec, losses, registry
 from attnlab.data import UnsafePickleError, computation_subgraph, load_planetoid, paths, safe_pickle
 from attnlab.data.base import epoch_indices
 from attnlab.graph_batch import GraphBatch, SparseMatrix
-from tests.conftest import FAST_COMPILE
 
 PLANETOID = paths.BUNDLED / "planetoid"
 SHAKESPEARE = paths.BUNDLED / "tinyshakespeare" / "input.txt"
@@ -526,7 +525,7 @@ def test_planetoid_subgraph_batches_give_the_whole_graph_outputs():
                                       value_dropout=0.6)
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
-  @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
+  @jax.jit
   def logits_and_grads(params, batch):
     def loss(params):
       m = nnx.merge(graphdef, params, rest, copy=True)

@@ -13,7 +13,6 @@ from attnlab import _prng as prng
 from attnlab import kernels, registry
 from attnlab.kernels import _dropout
 from tests import reference
-from tests.conftest import FAST_COMPILE
 
 SCORES = registry.names("score")
 NORMALIZERS = registry.names("normalizer")
@@ -137,8 +136,7 @@ def test_length_one_and_cross_shapes(target):
 # shapes (and XLA:CPU's legacy emitters compile them in about half the time).
 EVERY_DTYPE = ("float16", "bfloat16", "float32")
 BLOCKED = {("softmax", "soft"), ("sigmoid", "soft")}
-COMPILE = {**FAST_COMPILE, **({"xla_cpu_use_fusion_emitters": False}
-                             if jax.default_backend() == "cpu" else {})}
+COMPILE = {"xla_cpu_use_fusion_emitters": False} if jax.default_backend() == "cpu" else {}
 
 
 def _extreme_inputs(dtype):

@@ -1,6 +1,5 @@
 """Tests of the model zoo (attnlab.models) and the shared objective (attnlab.losses)."""
 
-import functools
 import inspect
 
 import chex
@@ -14,7 +13,6 @@ from jax.experimental import sparse
 
 from attnlab import AttentionSpec, graph_batch, kernels, losses, registry
 from attnlab.models import attention_maps
-from tests.conftest import FAST_COMPILE
 
 # ------------------------------------------------------------------------------- tiny tasks ---
 
@@ -65,8 +63,7 @@ TASKS["tokens"][2]["inputs"][:3, -1] = 0  # some PAD
 _CLEVR = registry.get("task", "sort_of_clevr")(image_size=24, eval_size=2)
 TASKS["vqa"] = ("classifier", _CLEVR.spec, _CLEVR.batch("train", 0, B, seed=0))  # images and questions
 
-# Tiny programs: XLA's cheap optimisation level (FAST_COMPILE) compiles several times faster
-# (the file is compile-bound).
+# Tiny programs (the file is compile-bound).
 TINY = {"d_model": 16, "num_layers": 1, "mlp_dim": 32}
 HEADS = {"num_heads": 2}
 GRAPH = {"graph": True, "head_mode": "copy", "num_heads": 2}
@@ -147,7 +144,7 @@ def _init(name, spec, options, attention=None):
     holder["graphdef"] = graphdef
     return params, rest
 
-  params, rest = jax.jit(init, compiler_options=FAST_COMPILE)()
+  params, rest = jax.jit(init)()
   return holder["graphdef"], params, rest
 
 
@@ -173,7 +170,7 @@ def _overfit(name, task, options, attention, steps, lr):
     loss, _ = losses.loss_and_metrics(m, batch, family=family, train=True)
     return loss, nnx.state(m, nnx.Not(nnx.Param))
 
-  @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
+  @jax.jit
   def run(p, r):
     before, outputs = evaluate(p, r)
 
@@ -471,7 +468,7 @@ def test_layer_norm_matches_numpy_flax_and_finite_differences():
   nnx.update(ref16, nnx.state(ref))  # a bfloat16 compute dtype takes flax's own code
   np.testing.assert_array_equal(ours16(x), ref16(x))
   loss = lambda m, x: jnp.sum(jnp.sin(m(x)) * x)
-  grads = lambda m: (lambda g: (nnx.state(g[0]).to_pure_dict(), g[1]))(
+  grads = lambda m: (lambda g: (nnx.to_pure_dict(nnx.state(g[0])), g[1]))(
       jax.grad(loss, argnums=(0, 1))(m, x))
   chex.assert_trees_all_close(grads(ours), grads(ref), atol=2e-5, rtol=2e-5)
   with jax.enable_x64(True):  # the custom backward against finite differences

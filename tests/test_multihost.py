@@ -21,7 +21,8 @@ REPO = HERE.parent
 TOY = str(HERE / "runner_toy.py")
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "ATTNLAB_CACHE_DIR": jax.config.jax_compilation_cache_dir,
        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-ENV.pop("XLA_FLAGS", None)  # one device per process
+ENV["XLA_FLAGS"] = " ".join(  # one device per process (conftest's compile flags kept)
+    f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f)
 TIMEOUT_S = 5  # --distributed_timeout: heartbeats missed this long mark a process dead
 
 

@@ -130,7 +130,8 @@ print("SHARDS", len(b["x"].addressable_shards), b["x"].addressable_shards[0].dat
 r = train.train_and_evaluate(config.load_file({TOY!r}), {str(tmp_path)!r})
 print("RESULT", json.dumps(r))
 """
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+  flags = " ".join([os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=4"])
+  env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}
   out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=240,
                        cwd=HERE.parent)
   assert out.returncode == 0, out.stderr[-3000:]

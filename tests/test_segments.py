@@ -1,7 +1,6 @@
 """attnlab.kernels._segments (the speed layer behind kernels.segment_softmax): scatter-free segment
 sums against plain NumPy, with gradients."""
 
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +11,6 @@ from jax.test_util import check_grads
 from attnlab import kernels
 from attnlab.kernels import _dropout
 from attnlab.kernels import _segments as segments
-from tests.conftest import FAST_COMPILE
 
 N_OUT, N_IN, L = 9, 7, 40
 
@@ -157,7 +155,7 @@ def test_low_precision_segment_softmax_is_the_float32_softmax_rounded_once(dtype
   s[600:] *= 1e3
   s = jnp.asarray(s, dtype)
 
-  @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
+  @jax.jit
   def run(s):
     results = {}
     for name, softmax in (("incidence", lambda s: kernels.segment_softmax(s, inc)),
