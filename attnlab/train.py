@@ -45,7 +45,8 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from attnlab import _prng as prng
-from attnlab import checkpoints, models, parallel, registry, results, runlock, sparsity, steps, tuning
+from attnlab import checkpoints, models, parallel, registry, results, rundir, runlock, sparsity, steps
+from attnlab import tuning
 from attnlab import config as config_lib
 from attnlab.rundata import RunData
 
@@ -95,58 +96,6 @@ def run_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
   return parallel.make_mesh(sequence=p)
 
 
-def _check_workdir_config(workdir: pathlib.Path, cfg: dict[str, Any]) -> None:
-  path = workdir / "config.json"
-  if path.exists():
-    try:
-      old = config_lib.with_added_sections(results.read_json(path))
-    except ValueError as e:
-      raise ValueError(f"workdir {str(workdir)!r}: config.json is unreadable ({e}); delete it to "
-                       "start over, or use a new --workdir") from e
-    if old != cfg:
-      diff = sorted(_diff(old, cfg))
-      raise ValueError(f"workdir {str(workdir)!r} holds a run of a different config (differs in: "
-                       f"{', '.join(diff[:10])}); use a new --workdir or delete it")
-  elif is_primary():
-    results.atomic_write_json(path, cfg)
-
-
-def _diff(a: Any, b: Any, prefix: str = "") -> set[str]:
-  if isinstance(a, dict) and isinstance(b, dict):
-    out = set()
-    for k in set(a) | set(b):
-      out |= _diff(a.get(k), b.get(k), f"{prefix}{k}.") if k in a and k in b else {f"{prefix}{k}"}
-    return out
-  return set() if a == b else {prefix.rstrip(".")}
-
-
-def _step_of(line: str) -> int | None:
-  try:
-    return json.loads(line)["step"] if line.endswith("\n") else None
-  except (ValueError, TypeError, KeyError):
-    return None
-
-
-def _trim_metrics(path: pathlib.Path, step: int) -> None:
-  """Drops metric lines after ``step`` (a resumed run re-logs them) and torn or garbled lines."""
-  if path.exists():
-    lines = path.read_text().splitlines(keepends=True)
-    keep = [ln for ln in lines if (at := _step_of(ln)) is not None and at <= step]
-    results.atomic_write_text(path, "".join(keep))
-
-
-def _finished(workdir: pathlib.Path) -> dict[str, Any] | None:
-  """The result of a finished run (its result.json), or None."""
-  path = workdir / "result.json"
-  if not path.exists():
-    return None
-  try:
-    return results.read_json(path)
-  except ValueError:
-    logging.warning("%s is unreadable: finishing the run again", path)
-    return None
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains ``config.train.seeds`` together, evaluates val/test, writes ``workdir``; returns result.
 
@@ -157,8 +106,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   enable_compilation_cache()
   workdir = results.make_dir(workdir)
   with runlock.hold(workdir) if is_primary() else contextlib.nullcontext():
-    _check_workdir_config(workdir, config_lib.to_dict(config))
-    done = _finished(workdir)
+    rundir.check_config(workdir, config_lib.to_dict(config), write=is_primary())
+    done = rundir.finished(workdir)
     if done is not None:
       logging.info("%s: already finished, result.json kept", workdir)
       return done
@@ -187,7 +136,7 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path,
     logging.info("%s: resumed from step %d", workdir, step)
   metrics_path = workdir / "metrics.jsonl"
   if is_primary():
-    _trim_metrics(metrics_path, step)
+    rundir.trim_metrics(metrics_path, step)
   val = None
   next_ckpt = step + config.train.checkpoint_every if config.train.checkpoint_every else None
 

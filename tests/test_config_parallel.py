@@ -7,7 +7,7 @@ import jax
 import pytest
 from jax.sharding import AbstractMesh, PartitionSpec as P
 
-from attnlab import config as config_lib, parallel, train
+from attnlab import config as config_lib, parallel, rundir, train
 
 
 def _shakespeare(**changes):
@@ -86,10 +86,10 @@ def test_config_json_written_before_the_section_still_resumes(tmp_path):
   saved = config_lib.to_dict(c)
   del saved["parallel"]
   (tmp_path / "config.json").write_text(json.dumps(saved))
-  train._check_workdir_config(tmp_path, config_lib.to_dict(c))  # pylint: disable=protected-access
+  rundir.check_config(tmp_path, config_lib.to_dict(c), write=False)
   ring = _shakespeare(model__attention__impl="ring", train__attention_maps=False, parallel__sequence=2)
   saved_ring = config_lib.to_dict(ring)
   del saved_ring["parallel"]
   (tmp_path / "config.json").write_text(json.dumps(saved_ring))
   with pytest.raises(ValueError, match=r"differs in: parallel.sequence"):
-    train._check_workdir_config(tmp_path, config_lib.to_dict(ring))  # pylint: disable=protected-access
+    rundir.check_config(tmp_path, config_lib.to_dict(ring), write=False)
