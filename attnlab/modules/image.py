@@ -26,6 +26,7 @@ from flax import nnx
 
 from attnlab import kernels, validate
 from attnlab.attention_spec import AttentionSpec, SpecError
+from attnlab.modules import _spec_call
 
 Array = jax.Array
 _NAME = "ImageSelfAttention"
@@ -95,20 +96,10 @@ class ImageSelfAttention(nnx.Module):
     spec = self.attention
     use_dropout = not deterministic and spec.dropout > 0
     sample = not deterministic and self.stochastic_target
-    target, target_kwargs = spec.target, dict(spec.target_kwargs)
-    if use_dropout:
-      target = kernels.with_weight_dropout(spec.target)
-      target_kwargs["dropout_rate"] = spec.dropout
     keys = [s() for on, s in ((use_dropout, self.dropout_rngs), (sample, self.attention_rngs)) if on]
-    rng = None if not keys else keys[0] if len(keys) == 1 else jax.random.fold_in(
-        keys[1], jax.random.bits(keys[0]))
-    params = None if self.score_params is None else jax.tree.map(
-        lambda p: p[...], self.score_params, is_leaf=lambda t: isinstance(t, nnx.Variable))
     want_weights = return_weights or sow_weights
-    z, *rest = kernels.attention(
-        q, k, v, score=spec.score, normalizer=spec.normalizer, target=target, params=params, rng=rng,
-        return_weights=want_weights, return_aux=True, deterministic=not (use_dropout or sample),
-        normalizer_kwargs=dict(spec.normalizer_kwargs), target_kwargs=target_kwargs, impl=spec.impl)
+    z, *rest = _spec_call.attend(spec, q, k, v, self.score_params, use_dropout=use_dropout, sample=sample,
+                                 rng=_spec_call.one_key(keys), return_weights=want_weights)
     if spec.head_merge == "mean":
       z = jnp.mean(z, axis=-2)  # [B, N, d_v]
     o = self.out(z)  # [B, N, C]

@@ -52,6 +52,7 @@ from flax.nnx.nn import initializers
 from flax.nnx.nn.linear import LinearGeneral, default_kernel_init
 
 from attnlab import kernels, validate
+from attnlab.modules import _spec_call
 from attnlab.attention_spec import AttentionSpec, SpecError
 
 Array = jax.Array
@@ -198,11 +199,7 @@ class MultiHeadAttention(nnx.Module):
           raise ValueError(f"{_NAME}: pass rngs (with a {name!r} stream) to __call__, or build "
                            "the layer with keep_rngs=True")
         keys.append(stream())
-    if not keys:
-      return None
-    if len(keys) == 1:
-      return keys[0]
-    return jax.random.fold_in(keys[1], jax.random.bits(keys[0]))
+    return _spec_call.one_key(keys)
 
   def _project_self(self, x: Array) -> tuple[Array, Array, Array]:
     """Self-attention's query, key and value as ONE product with the three kernels side by side
@@ -261,10 +258,6 @@ class MultiHeadAttention(nnx.Module):
     use_dropout = train and self.dropout_rate > 0
     sample = train and self.stochastic_target
     rng = self._rng(rngs, use_dropout, sample)
-    target, target_kwargs = self.target, dict(self.attention.target_kwargs)
-    if use_dropout:
-      target = kernels.with_weight_dropout(self.target)
-      target_kwargs["dropout_rate"] = self.dropout_rate
 
     batch, lq, lk = query.shape[:-3], query.shape[-3], key.shape[-3]
     b = math.prod(batch)
@@ -280,15 +273,10 @@ class MultiHeadAttention(nnx.Module):
       if any(n > 1 for n in mask.shape[:-3]):
         mask = jnp.broadcast_to(mask, (*batch, *mask.shape[-3:]))
       mask = mask.reshape((-1,) + mask.shape[-3:])  # [B|1, H|1, Lq|1, Lk|1]
-    params = None if self.score_params is None else jax.tree.map(
-        lambda p: p[...], self.score_params, is_leaf=lambda x: isinstance(x, nnx.Variable))
     want_weights = return_weights or sow_weights
-    result = kernels.attention(
-        q4, k4, v4, score=self.score, normalizer=self.normalizer, target=target, mask=mask,
-        causal=is_causal, params=params, rng=rng, return_weights=want_weights, return_aux=True,
-        deterministic=not (use_dropout or sample),
-        normalizer_kwargs=dict(self.attention.normalizer_kwargs), target_kwargs=target_kwargs,
-        impl=self.attention.impl)
+    result = _spec_call.attend(self.attention, q4, k4, v4, self.score_params, use_dropout=use_dropout,
+                               sample=sample, rng=rng, return_weights=want_weights, mask=mask,
+                               causal=is_causal)
     x, aux = result[0], result[-1]  # x [B, Lq, H, D]
     x = x.reshape((*batch, lq, self.num_heads, self.head_dim))
     if self.head_merge == "mean":
