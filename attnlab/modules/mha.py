@@ -52,8 +52,8 @@ from flax.nnx.nn import initializers
 from flax.nnx.nn.linear import LinearGeneral, default_kernel_init
 
 from attnlab import kernels, validate
-from attnlab.modules import _spec_call
 from attnlab.attention_spec import AttentionSpec, SpecError
+from attnlab.modules import _spec_call
 
 Array = jax.Array
 _NAME = "MultiHeadAttention"
